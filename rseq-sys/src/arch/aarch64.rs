@@ -1,0 +1,403 @@
+//! aarch64 commit sequences.
+//!
+//! Same shape as the x86_64 module (see there), with the arm64 details:
+//!
+//! ```text
+//!   __rseq_cs:            3: descriptor {0, 0, 4f, 5f - 4f, 6f}
+//!   __rseq_cs_ptr_array:  &3b
+//!   text:                 tmp = &3b (adrp + :lo12:); rseq->rseq_cs = tmp
+//!                       4: if *id != expected goto 6f
+//!                          body ... (a failed compare jumps to 8f)
+//!                          commit store
+//!                       5: res = COMMITTED; b 7f
+//!                       8: res = COMPARE_FAILED; b 7f
+//!                          .inst 0xd428bc00             (signature: `brk #0x45e0`)
+//!                       6: res = ABORTED
+//!                       7:
+//! ```
+//!
+//! The abort handler sits inline after an unconditional branch, so the fast path never executes
+//! the signature word; if anything did, it is a `brk`, a defined trap. Addresses are formed with
+//! `adrp` + `:lo12:` so the code is position independent. Loads and stores are plain `ldr`/`str`:
+//! the commit is a single naturally aligned 64-bit store, which is single-copy atomic.
+//!
+//! Options as on x86_64: memory is read and written (no `nomem`/`readonly`), flags are clobbered
+//! by `cmp` (no `preserves_flags`), the stack is untouched (`nostack`), and temporaries are `out`
+//! rather than `lateout` because they are written before the inputs are last read.
+
+use core::arch::asm;
+
+use crate::seq::{ABORTED, COMMITTED, COMPARE_FAILED};
+
+/// Proof that this architecture has sequences (inhabited here).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Token(());
+
+impl Token {
+    #[inline(always)]
+    pub(crate) fn new() -> Option<Token> {
+        Some(Token(()))
+    }
+}
+
+/// Whether this architecture has commit sequences.
+pub const HAS_SEQUENCES: bool = true;
+
+/// The thread pointer (`tpidr_el0`), from which glibc's `__rseq_offset` counts.
+#[inline(always)]
+pub(crate) fn thread_pointer() -> Option<*mut u8> {
+    let tp: *mut u8;
+    // SAFETY: reading tpidr_el0 is always allowed at EL0; touches no memory and no flags.
+    unsafe {
+        asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags, pure));
+    }
+    Some(tp)
+}
+
+macro_rules! rseq_sequence {
+    (signature = $sig:literal, exit_on_compare = $exit:literal, body = [$($body:literal),* $(,)?]) => {
+        concat!(
+            ".pushsection __rseq_cs, \"aw\"\n",
+            ".balign 32\n",
+            "3:\n",
+            ".long 0, 0\n",
+            ".quad 4f, 5f - 4f, 6f\n",
+            ".popsection\n",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"\n",
+            ".balign 8\n",
+            ".quad 3b\n",
+            ".popsection\n",
+            $exit,
+            "adrp {tmp}, 3b\n",
+            "add {tmp}, {tmp}, :lo12:3b\n",
+            "str {tmp}, [{area}, #8]\n",
+            "4:\n",
+            "ldr {tmp:w}, [{id}]\n",
+            "cmp {tmp:w}, {expected:w}\n",
+            "b.ne 6f\n",
+            $($body, "\n",)*
+            "5:\n",
+            "mov {res:w}, #0\n",
+            "b 7f\n",
+            "8:\n",
+            "mov {res:w}, #1\n",
+            "b 7f\n",
+            ".inst ", $sig, "\n",
+            "6:\n",
+            "mov {res:w}, #2\n",
+            "7:\n",
+        )
+    };
+    (compare, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(
+            signature = "0xd428bc00",
+            exit_on_compare = ".pushsection __rseq_exit_point_array, \"awR\"\n.balign 8\n.quad 4f, 8f\n.popsection\n",
+            body = [$($body),*]
+        )
+    };
+    (body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(signature = "0xd428bc00", exit_on_compare = "", body = [$($body),*])
+    };
+}
+
+const _: () = {
+    assert!(crate::abi::RSEQ_SIG == 0xd428_bc00);
+    assert!(COMMITTED == 0 && COMPARE_FAILED == 1 && ABORTED == 2);
+    assert!(core::mem::offset_of!(crate::abi::Rseq, rseq_cs) == 8);
+};
+
+/// # Safety
+/// `area` is the current thread's registered area, `id` a u32 field in it; `slot` is valid and
+/// written only by sequences on index `expected`.
+#[inline(always)]
+pub(crate) unsafe fn add(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    slot: *mut i64,
+    value: i64,
+) -> u32 {
+    let res: u32;
+    // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*slot`.
+    unsafe {
+        asm!(
+            rseq_sequence!(body = [
+                "ldr {tmp}, [{slot}]",
+                "add {tmp}, {tmp}, {value}",
+                "str {tmp}, [{slot}]",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            slot = in(reg) slot,
+            value = in(reg) value,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    res
+}
+
+/// # Safety
+/// As for [`add`], for `ptr`.
+#[inline(always)]
+pub(crate) unsafe fn compare_store(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    ptr: *mut usize,
+    expect: usize,
+    new: usize,
+) -> u32 {
+    let res: u32;
+    // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*ptr`.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "ldr {tmp}, [{ptr}]",
+                "cmp {tmp}, {expect}",
+                "b.ne 8f",
+                "str {new}, [{ptr}]",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            ptr = in(reg) ptr,
+            expect = in(reg) expect,
+            new = in(reg) new,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    res
+}
+
+/// # Safety
+/// As for [`add`], for `head`; nodes reachable from it are valid with their link at `next_offset`.
+#[inline(always)]
+pub(crate) unsafe fn list_pop(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    head: *mut usize,
+    sentinel: usize,
+    next_offset: usize,
+) -> (u32, usize) {
+    let res: u32;
+    let popped: usize;
+    // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*head`.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "ldr {popped}, [{head}]",
+                "cmp {popped}, {sentinel}",
+                "b.eq 8f",
+                "ldr {tmp}, [{popped}, {next_offset}]",
+                "str {tmp}, [{head}]",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            head = in(reg) head,
+            sentinel = in(reg) sentinel,
+            next_offset = in(reg) next_offset,
+            popped = out(reg) popped,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    (res, popped)
+}
+
+/// # Safety
+/// As for [`add`], for `ptr`; `spec` is valid and writable.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn compare_store_store(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    ptr: *mut usize,
+    expect: usize,
+    spec: *mut usize,
+    spec_value: usize,
+    new: usize,
+) -> u32 {
+    let res: u32;
+    // SAFETY: caller's contract; stores are `rseq_cs`, the speculative `*spec`, the commit `*ptr`.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "ldr {tmp}, [{ptr}]",
+                "cmp {tmp}, {expect}",
+                "b.ne 8f",
+                "str {spec_value}, [{spec}]",
+                "str {new}, [{ptr}]",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            ptr = in(reg) ptr,
+            expect = in(reg) expect,
+            spec = in(reg) spec,
+            spec_value = in(reg) spec_value,
+            new = in(reg) new,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    res
+}
+
+/// # Safety
+/// As for [`add`], for `count` and `slots[..cap]`.
+#[inline(always)]
+pub(crate) unsafe fn stack_push(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *mut usize,
+    cap: usize,
+    value: usize,
+) -> u32 {
+    let res: u32;
+    // SAFETY: caller's contract; the slot store is speculative, the `count` store commits.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "ldr {tmp}, [{count}]",
+                "cmp {tmp}, {cap}",
+                "b.hs 8f",
+                "str {value}, [{slots}, {tmp}, lsl #3]",
+                "add {tmp}, {tmp}, #1",
+                "str {tmp}, [{count}]",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = in(reg) slots,
+            cap = in(reg) cap,
+            value = in(reg) value,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    res
+}
+
+/// # Safety
+/// As for [`add`], for `count` and `slots[..*count]`.
+#[inline(always)]
+pub(crate) unsafe fn stack_pop(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *const usize,
+) -> (u32, usize) {
+    let res: u32;
+    let popped: usize;
+    // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "ldr {tmp}, [{count}]",
+                "cbz {tmp}, 8f",
+                "sub {tmp}, {tmp}, #1",
+                "ldr {popped}, [{slots}, {tmp}, lsl #3]",
+                "str {tmp}, [{count}]",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = in(reg) slots,
+            popped = out(reg) popped,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    (res, popped)
+}
+
+/// Test-only sequences that prove the abort path is real.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Traps (`brk #0`, SIGTRAP) inside the critical section, then would store `value`.
+    ///
+    /// # Safety
+    /// As for [`add`]; a SIGTRAP handler must be installed.
+    pub(crate) unsafe fn trap_then_store(
+        area: *mut crate::abi::Rseq,
+        id: *const u32,
+        expected: u32,
+        slot: *mut i64,
+        value: i64,
+    ) -> u32 {
+        let res: u32;
+        // SAFETY: caller's contract.
+        unsafe {
+            asm!(
+                rseq_sequence!(body = ["brk #0", "str {value}, [{slot}]"]),
+                area = in(reg) area,
+                id = in(reg) id,
+                expected = in(reg) expected,
+                slot = in(reg) slot,
+                value = in(reg) value,
+                tmp = out(reg) _,
+                res = out(reg) res,
+                options(nostack),
+            );
+        }
+        res
+    }
+
+    /// Like [`trap_then_store`] with a wrong signature: the kernel must kill with SIGSEGV.
+    ///
+    /// # Safety
+    /// Only in a child process that is meant to die.
+    pub(crate) unsafe fn trap_with_bad_signature(
+        area: *mut crate::abi::Rseq,
+        id: *const u32,
+        expected: u32,
+        slot: *mut i64,
+        value: i64,
+    ) -> u32 {
+        let res: u32;
+        // SAFETY: caller's contract.
+        unsafe {
+            asm!(
+                rseq_sequence!(
+                    signature = "0xd428bc01",
+                    exit_on_compare = "",
+                    body = ["brk #0", "str {value}, [{slot}]"]
+                ),
+                area = in(reg) area,
+                id = in(reg) id,
+                expected = in(reg) expected,
+                slot = in(reg) slot,
+                value = in(reg) value,
+                tmp = out(reg) _,
+                res = out(reg) res,
+                options(nostack),
+            );
+        }
+        res
+    }
+}

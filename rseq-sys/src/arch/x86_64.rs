@@ -1,0 +1,406 @@
+//! x86_64 commit sequences.
+//!
+//! Every sequence is one `asm!` block built by [`rseq_sequence!`]:
+//!
+//! ```text
+//!   __rseq_cs:            3: descriptor {0, 0, 4f, 5f - 4f, 6f}  (32-byte aligned)
+//!   __rseq_cs_ptr_array:  &3b                                    (for tools)
+//!   __rseq_failure:       ud1 with the signature as its operand; 6: res = ABORTED; jmp 7f
+//!   text:                 rseq->rseq_cs = &3b
+//!                       4: if *id != expected goto 6b            (migrated: abort)
+//!                          body ... (a failed compare jumps to 8f, recorded as an exit point)
+//!                          commit store
+//!                       5: res = COMMITTED; jmp 7f
+//!                       8: res = COMPARE_FAILED
+//!                       7:
+//! ```
+//!
+//! Only numeric local labels are used, so the block can be inlined and duplicated freely; 0 and 1
+//! are avoided because `0b`/`1b` read as binary literals in Intel syntax. The abort handler lives
+//! out of line in `__rseq_failure` so the hot path has no jump over it, and its signature is
+//! encoded as the operand of `ud1`, a defined trap, so stray execution cannot run through it.
+//!
+//! Options: the blocks read and write memory the compiler cannot see (the rseq area and the
+//! per-CPU data), so none is `nomem`/`readonly`; they compare, so none preserves flags; they never
+//! touch the stack, so all are `nostack`. Temporaries are plain `out` operands, never `lateout`,
+//! because they are written before the inputs are last read.
+
+use core::arch::asm;
+
+use crate::seq::{ABORTED, COMMITTED, COMPARE_FAILED};
+
+/// Proof that this architecture has sequences (inhabited here).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Token(());
+
+impl Token {
+    #[inline(always)]
+    pub(crate) fn new() -> Option<Token> {
+        Some(Token(()))
+    }
+}
+
+/// Whether this architecture has commit sequences.
+pub const HAS_SEQUENCES: bool = true;
+
+/// The thread pointer (glibc's TCB, whose first word points to itself).
+#[inline(always)]
+pub(crate) fn thread_pointer() -> Option<*mut u8> {
+    let tp: *mut u8;
+    // SAFETY: on x86_64 Linux `fs:0` is the TCB's self-pointer, always mapped for a running
+    // thread. A pure load that touches no Rust-visible memory and no flags.
+    unsafe {
+        asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags, pure));
+    }
+    Some(tp)
+}
+
+/// Builds a sequence's template around its body; `$sig` is the signature before the abort label.
+macro_rules! rseq_sequence {
+    (signature = $sig:literal, exit_on_compare = $exit:literal, body = [$($body:literal),* $(,)?]) => {
+        concat!(
+            ".pushsection __rseq_cs, \"aw\"\n",
+            ".balign 32\n",
+            "3:\n",
+            ".long 0, 0\n",
+            ".quad 4f, 5f - 4f, 6f\n",
+            ".popsection\n",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"\n",
+            ".balign 8\n",
+            ".quad 3b\n",
+            ".popsection\n",
+            $exit,
+            ".pushsection __rseq_failure, \"ax\"\n",
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long ", $sig, "\n",
+            "6:\n",
+            "mov {res:e}, 2\n",
+            "jmp 7f\n",
+            ".popsection\n",
+            "lea {tmp}, [rip + 3b]\n",
+            "mov qword ptr [{area} + 8], {tmp}\n",
+            "4:\n",
+            "cmp dword ptr [{id}], {expected:e}\n",
+            "jne 6b\n",
+            $($body, "\n",)*
+            "5:\n",
+            "xor {res:e}, {res:e}\n",
+            "jmp 7f\n",
+            "8:\n",
+            "mov {res:e}, 1\n",
+            "7:\n",
+        )
+    };
+    // Sequences whose compare can fail: record `8:` as an exit point for debuggers.
+    (compare, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(
+            signature = "0x53053053",
+            exit_on_compare = ".pushsection __rseq_exit_point_array, \"awR\"\n.balign 8\n.quad 4f, 8f\n.popsection\n",
+            body = [$($body),*]
+        )
+    };
+    (body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(signature = "0x53053053", exit_on_compare = "", body = [$($body),*])
+    };
+}
+
+const _: () = {
+    assert!(crate::abi::RSEQ_SIG == 0x5305_3053);
+    assert!(COMMITTED == 0 && COMPARE_FAILED == 1 && ABORTED == 2);
+    assert!(crate::abi::CPU_ID_OFFSET == 4 && core::mem::offset_of!(crate::abi::Rseq, rseq_cs) == 8);
+};
+
+/// # Safety
+/// `area` is the current thread's registered area, `id` a u32 field in it; `slot` is valid and
+/// written only by sequences on index `expected`.
+#[inline(always)]
+pub(crate) unsafe fn add(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    slot: *mut i64,
+    value: i64,
+) -> u32 {
+    let res: u32;
+    // SAFETY: caller's contract; the block only writes `rseq_cs` and `*slot` (the commit, one
+    // `add` instruction, so it is either wholly done or not at all).
+    unsafe {
+        asm!(
+            rseq_sequence!(body = ["add qword ptr [{slot}], {value}"]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            slot = in(reg) slot,
+            value = in(reg) value,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    res
+}
+
+/// # Safety
+/// As for [`add`], for `ptr`.
+#[inline(always)]
+pub(crate) unsafe fn compare_store(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    ptr: *mut usize,
+    expect: usize,
+    new: usize,
+) -> u32 {
+    let res: u32;
+    // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*ptr`.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "cmp qword ptr [{ptr}], {expect}",
+                "jne 8f",
+                "mov qword ptr [{ptr}], {new}",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            ptr = in(reg) ptr,
+            expect = in(reg) expect,
+            new = in(reg) new,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    res
+}
+
+/// # Safety
+/// As for [`add`], for `head`; nodes reachable from it are valid with their link at `next_offset`.
+#[inline(always)]
+pub(crate) unsafe fn list_pop(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    head: *mut usize,
+    sentinel: usize,
+    next_offset: usize,
+) -> (u32, usize) {
+    let res: u32;
+    let popped: usize;
+    // SAFETY: caller's contract; `tmp` is reused for the successor once the descriptor is armed.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "mov {popped}, qword ptr [{head}]",
+                "cmp {popped}, {sentinel}",
+                "je 8f",
+                "mov {tmp}, qword ptr [{popped} + {next_offset}]",
+                "mov qword ptr [{head}], {tmp}",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            head = in(reg) head,
+            sentinel = in(reg) sentinel,
+            next_offset = in(reg) next_offset,
+            popped = out(reg) popped,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    (res, popped)
+}
+
+/// # Safety
+/// As for [`add`], for `ptr`; `spec` is valid and writable.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn compare_store_store(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    ptr: *mut usize,
+    expect: usize,
+    spec: *mut usize,
+    spec_value: usize,
+    new: usize,
+) -> u32 {
+    let res: u32;
+    // SAFETY: caller's contract; stores are `rseq_cs`, the speculative `*spec`, the commit `*ptr`.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "cmp qword ptr [{ptr}], {expect}",
+                "jne 8f",
+                "mov qword ptr [{spec}], {spec_value}",
+                "mov qword ptr [{ptr}], {new}",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            ptr = in(reg) ptr,
+            expect = in(reg) expect,
+            spec = in(reg) spec,
+            spec_value = in(reg) spec_value,
+            new = in(reg) new,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    res
+}
+
+/// # Safety
+/// As for [`add`], for `count` and `slots[..cap]`.
+#[inline(always)]
+pub(crate) unsafe fn stack_push(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *mut usize,
+    cap: usize,
+    value: usize,
+) -> u32 {
+    let res: u32;
+    // SAFETY: caller's contract; the slot store is speculative (invisible until `count` grows),
+    // the `count` store commits.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "mov {tmp}, qword ptr [{count}]",
+                "cmp {tmp}, {cap}",
+                "jae 8f",
+                "mov qword ptr [{slots} + {tmp} * 8], {value}",
+                "add {tmp}, 1",
+                "mov qword ptr [{count}], {tmp}",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = in(reg) slots,
+            cap = in(reg) cap,
+            value = in(reg) value,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    res
+}
+
+/// # Safety
+/// As for [`add`], for `count` and `slots[..*count]`.
+#[inline(always)]
+pub(crate) unsafe fn stack_pop(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *const usize,
+) -> (u32, usize) {
+    let res: u32;
+    let popped: usize;
+    // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
+    unsafe {
+        asm!(
+            rseq_sequence!(compare, body = [
+                "mov {tmp}, qword ptr [{count}]",
+                "test {tmp}, {tmp}",
+                "jz 8f",
+                "mov {popped}, qword ptr [{slots} + {tmp} * 8 - 8]",
+                "sub {tmp}, 1",
+                "mov qword ptr [{count}], {tmp}",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = in(reg) slots,
+            popped = out(reg) popped,
+            tmp = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    (res, popped)
+}
+
+/// Test-only sequences that prove the abort path is real.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Traps (`int3`, SIGTRAP) inside the critical section, then would store `value` to `*slot`.
+    /// With a SIGTRAP handler installed, the kernel must resume at the abort handler.
+    ///
+    /// # Safety
+    /// As for [`add`]; a SIGTRAP handler must be installed.
+    pub(crate) unsafe fn trap_then_store(
+        area: *mut crate::abi::Rseq,
+        id: *const u32,
+        expected: u32,
+        slot: *mut i64,
+        value: i64,
+    ) -> u32 {
+        let res: u32;
+        // SAFETY: caller's contract.
+        unsafe {
+            asm!(
+                rseq_sequence!(body = ["int3", "mov qword ptr [{slot}], {value}"]),
+                area = in(reg) area,
+                id = in(reg) id,
+                expected = in(reg) expected,
+                slot = in(reg) slot,
+                value = in(reg) value,
+                tmp = out(reg) _,
+                res = out(reg) res,
+                options(nostack),
+            );
+        }
+        res
+    }
+
+    /// Like [`trap_then_store`], but the word before the abort handler is not the signature:
+    /// the kernel must kill the process with SIGSEGV instead of aborting.
+    ///
+    /// # Safety
+    /// Only in a child process that is meant to die.
+    pub(crate) unsafe fn trap_with_bad_signature(
+        area: *mut crate::abi::Rseq,
+        id: *const u32,
+        expected: u32,
+        slot: *mut i64,
+        value: i64,
+    ) -> u32 {
+        let res: u32;
+        // SAFETY: caller's contract.
+        unsafe {
+            asm!(
+                rseq_sequence!(
+                    signature = "0x53053054",
+                    exit_on_compare = "",
+                    body = ["int3", "mov qword ptr [{slot}], {value}"]
+                ),
+                area = in(reg) area,
+                id = in(reg) id,
+                expected = in(reg) expected,
+                slot = in(reg) slot,
+                value = in(reg) value,
+                tmp = out(reg) _,
+                res = out(reg) res,
+                options(nostack),
+            );
+        }
+        res
+    }
+}

@@ -1,0 +1,54 @@
+//! Restartable sequences (rseq) for Linux.
+//!
+//! A thin crate: it finds or makes the calling thread's rseq registration, says how much of
+//! `struct rseq` the kernel fills for it ([`kernel_size`]), reads CPU ids, and provides the
+//! inline-asm commit sequences that per-CPU data structures are built from.
+//!
+//! - [`abi`]: the kernel's types and constants.
+//! - [`registration`]: per-thread registration cooperating with glibc; [`current`],
+//!   [`kernel_size`], [`status`], [`unregister_current_thread`].
+//! - [`cpu`]: [`current_cpu`], [`current_node`], [`current_mm_cid`], [`possible_cpus`].
+//! - [`seq`]: [`Sequences`], one interface over the per-architecture asm (x86_64 and aarch64;
+//!   elsewhere [`HAS_SEQUENCES`] is false and [`Current::sequences`] is `None`).
+//!
+//! Nothing here aborts or panics because rseq is missing: without it, [`current`] is `None` and
+//! callers fall back to atomics. Read `../shared/rseq-abi.md` (in the project) for the ABI facts
+//! this follows.
+//!
+//! ```
+//! let status = rseq_sys::status();
+//! match rseq_sys::current() {
+//!     Some(rseq) => {
+//!         assert!(rseq.kernel_size() >= 20);
+//!         assert!(rseq.cpu_id() < rseq_sys::possible_cpus());
+//!     }
+//!     None => assert_eq!(status.kernel_size, 0),
+//! }
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod abi;
+pub mod cpu;
+pub mod registration;
+pub mod seq;
+
+#[cfg_attr(target_arch = "x86_64", path = "arch/x86_64.rs")]
+#[cfg_attr(target_arch = "aarch64", path = "arch/aarch64.rs")]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    path = "arch/unsupported.rs"
+)]
+mod arch;
+
+pub use arch::HAS_SEQUENCES;
+pub use cpu::{current_cpu, current_mm_cid, current_node, possible_cpus, sched_getcpu};
+pub use registration::{
+    Current, Owner, Status, Unavailable, UnregisterError, current, feature_align, feature_size,
+    glibc_rseq_size, kernel_size, status, unregister_current_thread,
+};
+pub use seq::{Index, Outcome, Sequences};
+
+#[cfg(test)]
+mod tests;

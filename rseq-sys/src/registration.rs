@@ -1,0 +1,540 @@
+//! Per-thread registration, cooperating with glibc, and the thread's `kernel_size`.
+//!
+//! # Who owns the area
+//! A thread can have exactly one rseq registration. glibc 2.35+ registers every thread itself and
+//! publishes where (`__rseq_offset` from the thread pointer) and how much (`__rseq_size`). So:
+//!
+//! 1. glibc registered (`__rseq_size != 0`): use its area. Registering our own would fail with
+//!    `EINVAL`/`EBUSY`, and unregistering glibc's would break glibc.
+//! 2. Nobody did (`GLIBC_TUNABLES=glibc.pthread.rseq=0`, musl, glibc < 2.35): register a
+//!    thread-local area of our own, on the thread's first use.
+//! 3. Anything fails: this thread has no rseq, with the reason kept. Nothing aborts; callers fall
+//!    back to atomics.
+//!
+//! # `kernel_size` and the 2020 RFC
+//! The seed RFC proposed an in-struct handshake: user space sets `RSEQ_TLS_FLAG_SIZE` in
+//! `rseq->flags` and writes `user_size`; the kernel answers with `kernel_size`. It was not merged,
+//! and `flags` became kernel-owned (a non-zero value kills the process on 6.0+), so the flag can
+//! never be used. What shipped in 6.3 answers the same question out of band:
+//!
+//! | RFC            | today                                                               |
+//! |----------------|---------------------------------------------------------------------|
+//! | `user_size`    | the `rseq_len` passed to `rseq(2)` (glibc: `__rseq_size`)            |
+//! | `kernel_size`  | `getauxval(AT_RSEQ_FEATURE_SIZE)` capped by what the area exposes   |
+//!
+//! [`kernel_size`] is that answer per thread: 0 without rseq, 20 for the original fields, 24 with
+//! `node_id`, 28 with `mm_cid`, 33 on 7.0+. For glibc's area, glibc's 20/32 rule applies: when
+//! `__rseq_size` is 20 or 32, the kernel fills `min(32, feature size)` bytes (6.3+ kernels fill
+//! `node_id`/`mm_cid` even in 32-byte areas); any other value is the size itself.
+//!
+//! # Where the state lives
+//! One const-initialised thread-local without a destructor, so the fast path is a TLS load and a
+//! compare, and the whole thing is usable from inside a global allocator: registration allocates
+//! nothing, never panics, and guards against re-entry (glibc's `dlsym` may call `malloc`).
+
+use core::cell::{Cell, UnsafeCell};
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicIsize, AtomicU8, AtomicU32, Ordering};
+
+use crate::abi::{self, Rseq};
+use crate::arch;
+
+/// Who registered the current thread's rseq area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// glibc registered it; we share its area.
+    Glibc,
+    /// This crate registered a thread-local area of its own.
+    Own,
+    /// The thread has no rseq; see [`Unavailable`] for why.
+    None,
+}
+
+impl Owner {
+    /// `"glibc"`, `"own"` or `"none"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Owner::Glibc => "glibc",
+            Owner::Own => "own",
+            Owner::None => "none",
+        }
+    }
+}
+
+/// Why the current thread has no rseq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unavailable {
+    /// `rseq(2)` failed with this errno: `ENOSYS` (old kernel, valgrind, rr, seccomp), `EPERM`
+    /// (seccomp), `EINVAL`/`EBUSY` (someone else registered this thread).
+    Errno(i32),
+    /// `rseq(2)` returned success but `cpu_id` stayed negative (some emulators).
+    CpuIdNotSet,
+    /// glibc registers rseq in this process, but not for this thread (created with a raw
+    /// `clone`, or glibc's registration for it failed).
+    GlibcAreaNotRegistered,
+    /// The kernel asks for a larger or more aligned area than this build reserves.
+    AreaTooSmall {
+        /// `AT_RSEQ_FEATURE_SIZE`.
+        feature_size: u32,
+        /// `AT_RSEQ_ALIGN`.
+        align: u32,
+    },
+    /// glibc owns the area, but this architecture has no known way to read the thread pointer.
+    NoThreadPointer,
+    /// The thread gave up its own registration with [`unregister_current_thread`].
+    Unregistered,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Unavailable::Errno(e) => write!(f, "rseq(2) failed: {} (errno {e})", errno_name(e)),
+            Unavailable::CpuIdNotSet => f.write_str("rseq(2) succeeded but cpu_id was not set"),
+            Unavailable::GlibcAreaNotRegistered => {
+                f.write_str("glibc's rseq area is not registered for this thread")
+            }
+            Unavailable::AreaTooSmall {
+                feature_size,
+                align,
+            } => write!(
+                f,
+                "kernel needs a {feature_size}-byte area aligned to {align}; \
+                 this build reserves {OWN_AREA_SIZE} bytes aligned to {OWN_AREA_ALIGN}"
+            ),
+            Unavailable::NoThreadPointer => {
+                f.write_str("no thread-pointer access on this architecture")
+            }
+            Unavailable::Unregistered => f.write_str("unregistered by the program"),
+        }
+    }
+}
+
+/// Symbolic name for the errnos `rseq(2)` returns.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOSYS => "ENOSYS",
+        libc::EPERM => "EPERM",
+        libc::EINVAL => "EINVAL",
+        libc::EBUSY => "EBUSY",
+        libc::EFAULT => "EFAULT",
+        libc::EACCES => "EACCES",
+        _ => "unknown",
+    }
+}
+
+/// A registered rseq area of the current thread.
+///
+/// `Copy` and cheap; neither `Send` nor `Sync`, because the area belongs to the thread that
+/// obtained it from [`current`].
+#[derive(Clone, Copy)]
+pub struct Current {
+    area: NonNull<Rseq>,
+    kernel_size: u32,
+    owner: Owner,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl fmt::Debug for Current {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Current")
+            .field("area", &self.area)
+            .field("kernel_size", &self.kernel_size)
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+impl Current {
+    /// The registered area.
+    #[inline]
+    pub fn area(self) -> NonNull<Rseq> {
+        self.area
+    }
+
+    /// Bytes of `struct rseq` the kernel fills for this thread (>= 20).
+    #[inline]
+    pub fn kernel_size(self) -> u32 {
+        self.kernel_size
+    }
+
+    /// [`Owner::Glibc`] or [`Owner::Own`].
+    #[inline]
+    pub fn owner(self) -> Owner {
+        self.owner
+    }
+
+    /// Reads a kernel-owned `u32` field at `offset`.
+    #[inline]
+    fn read_field(self, offset: usize) -> u32 {
+        // SAFETY: `area` points to this thread's registered `struct rseq`, alive for the
+        // thread's lifetime and 32-byte aligned, so `offset` (a field offset < 32) is an aligned,
+        // in-bounds u32. The kernel updates it only while this thread is not running user code
+        // (like a signal handler would), so a relaxed atomic load is the right access.
+        unsafe {
+            (*self.area.as_ptr().cast::<u8>().add(offset).cast::<AtomicU32>())
+                .load(Ordering::Relaxed)
+        }
+    }
+
+    /// The CPU this thread runs on now (may be stale by the time it is used).
+    #[inline]
+    pub fn cpu_id(self) -> u32 {
+        self.read_field(core::mem::offset_of!(Rseq, cpu_id_start))
+    }
+
+    /// The NUMA node of [`Self::cpu_id`], when the kernel fills it (`kernel_size >= 24`).
+    #[inline]
+    pub fn node_id(self) -> Option<u32> {
+        (self.kernel_size >= abi::NODE_ID_END)
+            .then(|| self.read_field(core::mem::offset_of!(Rseq, node_id)))
+    }
+
+    /// The memory-map concurrency id, when the kernel fills it (`kernel_size >= 28`).
+    #[inline]
+    pub fn mm_cid(self) -> Option<u32> {
+        (self.kernel_size >= abi::MM_CID_END).then(|| self.read_field(abi::MM_CID_OFFSET))
+    }
+
+    /// The index this thread uses now under `kind`. For [`crate::Index::MmCid`] the caller must
+    /// have checked `kernel_size >= 28` (see [`crate::Index::best`]).
+    #[inline]
+    pub fn index(self, kind: crate::Index) -> u32 {
+        self.read_field(kind.field_offset())
+    }
+
+    /// The commit sequences, or `None` on architectures without them.
+    #[inline]
+    pub fn sequences(self) -> Option<crate::Sequences> {
+        crate::Sequences::new(self)
+    }
+}
+
+/// The registration state of one thread.
+#[derive(Clone, Copy)]
+enum ThreadState {
+    Unknown,
+    /// Registration is running on this thread; a re-entrant caller gets `None` (not cached).
+    Registering,
+    Registered(Current),
+    Unavailable(Unavailable),
+}
+
+thread_local! {
+    static STATE: Cell<ThreadState> = const { Cell::new(ThreadState::Unknown) };
+    static OWN_AREA: OwnArea = const { OwnArea(UnsafeCell::new([0; OWN_AREA_SIZE])) };
+}
+
+/// Bytes reserved for our own registration: the 7.0 layout is 33 bytes, the rest is headroom for
+/// fields future kernels add (the kernel fills at most `AT_RSEQ_FEATURE_SIZE` bytes).
+pub const OWN_AREA_SIZE: usize = 256;
+/// Alignment of our own area (the kernel asks for 32 today, 64 on 7.0+).
+pub const OWN_AREA_ALIGN: usize = 128;
+
+#[repr(C, align(128))]
+struct OwnArea(UnsafeCell<[u8; OWN_AREA_SIZE]>);
+const _: () = assert!(core::mem::align_of::<OwnArea>() == OWN_AREA_ALIGN);
+
+/// The current thread's registration, registering on first use.
+///
+/// `None` when the thread has no rseq (or while its registration is in progress, for a
+/// re-entrant caller). This is the fast path: one TLS load and a compare once registered.
+#[inline]
+pub fn current() -> Option<Current> {
+    match STATE.with(Cell::get) {
+        ThreadState::Registered(current) => Some(current),
+        ThreadState::Unknown => current_slow(),
+        ThreadState::Registering | ThreadState::Unavailable(_) => None,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn current_slow() -> Option<Current> {
+    STATE.with(|state| {
+        state.set(ThreadState::Registering);
+        let result = register_thread();
+        state.set(match result {
+            Ok(current) => ThreadState::Registered(current),
+            Err(why) => ThreadState::Unavailable(why),
+        });
+        result.ok()
+    })
+}
+
+/// This thread's registration status, registering on first use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Who registered the area.
+    pub owner: Owner,
+    /// Why there is no rseq, when `owner` is [`Owner::None`].
+    pub reason: Option<Unavailable>,
+    /// Bytes of `struct rseq` the kernel fills for this thread; 0 without rseq.
+    pub kernel_size: u32,
+}
+
+/// The current thread's [`Status`].
+pub fn status() -> Status {
+    let registered = current();
+    match (registered, STATE.with(Cell::get)) {
+        (Some(c), _) => Status {
+            owner: c.owner,
+            reason: None,
+            kernel_size: c.kernel_size,
+        },
+        (None, ThreadState::Unavailable(why)) => Status {
+            owner: Owner::None,
+            reason: Some(why),
+            kernel_size: 0,
+        },
+        // Asked re-entrantly while registering: report no rseq for now, without a reason.
+        (None, _) => Status {
+            owner: Owner::None,
+            reason: None,
+            kernel_size: 0,
+        },
+    }
+}
+
+/// Bytes of `struct rseq` the kernel fills for the current thread's registration: 0 means no rseq.
+#[inline]
+pub fn kernel_size() -> u32 {
+    current().map_or(0, Current::kernel_size)
+}
+
+/// Why [`unregister_current_thread`] did nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnregisterError {
+    /// The area is glibc's; only glibc may unregister it.
+    OwnedByGlibc,
+    /// The thread has no registration.
+    NotRegistered,
+    /// `rseq(2)` refused with this errno.
+    Errno(i32),
+}
+
+impl fmt::Display for UnregisterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            UnregisterError::OwnedByGlibc => f.write_str("the rseq area belongs to glibc"),
+            UnregisterError::NotRegistered => f.write_str("the thread has no rseq registration"),
+            UnregisterError::Errno(e) => {
+                write!(f, "rseq(2) unregister failed: {} (errno {e})", errno_name(e))
+            }
+        }
+    }
+}
+
+/// Unregisters the current thread's own area (for code about to be unloaded, for example).
+///
+/// Afterwards the thread reports [`Unavailable::Unregistered`] and structures built on this crate
+/// take their atomic fallback on it; it is not registered again. glibc's area is never touched.
+pub fn unregister_current_thread() -> Result<(), UnregisterError> {
+    let current = match STATE.with(Cell::get) {
+        ThreadState::Registered(c) => c,
+        _ => return Err(UnregisterError::NotRegistered),
+    };
+    if current.owner == Owner::Glibc {
+        return Err(UnregisterError::OwnedByGlibc);
+    }
+    let len = registration_len(process().feature_size);
+    // SAFETY: unregistering passes the same area, length and signature used to register, as
+    // the kernel requires; the area stays valid memory whatever the outcome.
+    let rc = unsafe {
+        libc::syscall(
+            abi::SYS_RSEQ,
+            current.area.as_ptr(),
+            len as u32,
+            abi::RSEQ_FLAG_UNREGISTER,
+            abi::RSEQ_SIG,
+        )
+    };
+    if rc != 0 {
+        return Err(UnregisterError::Errno(errno()));
+    }
+    STATE.with(|s| s.set(ThreadState::Unavailable(Unavailable::Unregistered)));
+    Ok(())
+}
+
+fn register_thread() -> Result<Current, Unavailable> {
+    let process = process();
+    if process.glibc_size != 0 {
+        glibc_area(process)
+    } else {
+        register_own_area(process)
+    }
+}
+
+fn glibc_area(process: ProcessInfo) -> Result<Current, Unavailable> {
+    let tp = arch::thread_pointer().ok_or(Unavailable::NoThreadPointer)?;
+    let area = tp.wrapping_offset(process.glibc_offset).cast::<Rseq>();
+    let area = NonNull::new(area).ok_or(Unavailable::GlibcAreaNotRegistered)?;
+    // glibc's 20/32 rule: those two values predate the feature size and mean "the original
+    // 32-byte area", of which a 6.3+ kernel fills up to its feature size.
+    let kernel_size = match process.glibc_size {
+        20 | 32 => process.feature_size.min(abi::ORIG_RSEQ_LEN as u32),
+        size => size,
+    };
+    let current = Current {
+        area,
+        kernel_size,
+        owner: Owner::Glibc,
+        _not_send: PhantomData,
+    };
+    if (current.read_field(abi::CPU_ID_OFFSET) as i32) < 0 {
+        return Err(Unavailable::GlibcAreaNotRegistered);
+    }
+    Ok(current)
+}
+
+fn registration_len(feature_size: u32) -> usize {
+    (feature_size as usize).max(abi::ORIG_RSEQ_LEN)
+}
+
+fn register_own_area(process: ProcessInfo) -> Result<Current, Unavailable> {
+    let too_small = Unavailable::AreaTooSmall {
+        feature_size: process.feature_size,
+        align: process.feature_align,
+    };
+    let len = registration_len(process.feature_size);
+    if len > OWN_AREA_SIZE || process.feature_align as usize > OWN_AREA_ALIGN {
+        return Err(too_small);
+    }
+    let area: *mut Rseq = OWN_AREA.with(|a| a.0.get().cast());
+    // SAFETY: the area is this thread's, alive as long as the thread, aligned and large enough
+    // for `Rseq`, and not registered (this thread's state was Unknown), so it is ours to write.
+    // cpu_id starts at "uninitialised" so a silent no-op registration is detectable below.
+    unsafe {
+        ptr::write_bytes(area.cast::<u8>(), 0, OWN_AREA_SIZE);
+        (*area).cpu_id = abi::RSEQ_CPU_ID_UNINITIALIZED as u32;
+    }
+    // SAFETY: the area is valid for `len` bytes and suitably aligned for the thread's lifetime
+    // (thread-locals live until the thread exits, after which the kernel no longer writes it).
+    let rc = unsafe { libc::syscall(abi::SYS_RSEQ, area, len as u32, 0, abi::RSEQ_SIG) };
+    if rc != 0 {
+        return Err(Unavailable::Errno(errno()));
+    }
+    let current = Current {
+        // SAFETY: a thread-local's address is never null.
+        area: unsafe { NonNull::new_unchecked(area) },
+        kernel_size: process.feature_size,
+        owner: Owner::Own,
+        _not_send: PhantomData,
+    };
+    if (current.read_field(abi::CPU_ID_OFFSET) as i32) < 0 {
+        // "Success" without effect: leave no half-registration behind. The result is ignored
+        // because there is nothing better to do if this fails too.
+        // SAFETY: as for the registration above.
+        let _ = unsafe {
+            libc::syscall(
+                abi::SYS_RSEQ,
+                area,
+                len as u32,
+                abi::RSEQ_FLAG_UNREGISTER,
+                abi::RSEQ_SIG,
+            )
+        };
+        return Err(Unavailable::CpuIdNotSet);
+    }
+    Ok(current)
+}
+
+fn errno() -> i32 {
+    // SAFETY: `__errno_location` always returns this thread's valid errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Process-wide facts, computed once (racily but idempotently: every thread computes the same).
+#[derive(Clone, Copy, Debug)]
+struct ProcessInfo {
+    feature_size: u32,
+    feature_align: u32,
+    glibc_size: u32,
+    glibc_offset: isize,
+}
+
+static PROCESS_READY: AtomicU8 = AtomicU8::new(0);
+static FEATURE_SIZE: AtomicU32 = AtomicU32::new(0);
+static FEATURE_ALIGN: AtomicU32 = AtomicU32::new(0);
+static GLIBC_SIZE: AtomicU32 = AtomicU32::new(0);
+static GLIBC_OFFSET: AtomicIsize = AtomicIsize::new(0);
+
+fn process() -> ProcessInfo {
+    if PROCESS_READY.load(Ordering::Acquire) == 0 {
+        let (glibc_size, glibc_offset) = glibc_registration();
+        // SAFETY: getauxval has no preconditions; it returns 0 for absent keys.
+        let feature_size = unsafe { libc::getauxval(abi::AT_RSEQ_FEATURE_SIZE) } as u32;
+        // SAFETY: as above.
+        let feature_align = unsafe { libc::getauxval(abi::AT_RSEQ_ALIGN) } as u32;
+        FEATURE_SIZE.store(
+            if feature_size == 0 {
+                abi::ORIG_RSEQ_FEATURE_SIZE
+            } else {
+                feature_size
+            },
+            Ordering::Relaxed,
+        );
+        FEATURE_ALIGN.store(
+            if feature_align == 0 {
+                abi::ORIG_RSEQ_LEN as u32
+            } else {
+                feature_align
+            },
+            Ordering::Relaxed,
+        );
+        GLIBC_SIZE.store(glibc_size, Ordering::Relaxed);
+        GLIBC_OFFSET.store(glibc_offset, Ordering::Relaxed);
+        PROCESS_READY.store(1, Ordering::Release);
+    }
+    ProcessInfo {
+        feature_size: FEATURE_SIZE.load(Ordering::Relaxed),
+        feature_align: FEATURE_ALIGN.load(Ordering::Relaxed),
+        glibc_size: GLIBC_SIZE.load(Ordering::Relaxed),
+        glibc_offset: GLIBC_OFFSET.load(Ordering::Relaxed),
+    }
+}
+
+/// `__rseq_size` and `__rseq_offset` when this glibc exports them, else `(0, 0)`.
+///
+/// Looked up with `dlsym` rather than linked, so binaries still start on glibc < 2.35 and musl.
+#[cfg(not(all(target_env = "gnu", target_feature = "crt-static")))]
+fn glibc_registration() -> (u32, isize) {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other preconditions.
+    let size = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) };
+    // SAFETY: as above.
+    let offset = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) };
+    if size.is_null() || offset.is_null() {
+        return (0, 0);
+    }
+    // SAFETY: glibc defines `const unsigned int __rseq_size` and `const ptrdiff_t
+    // __rseq_offset`; both are set before user code runs and never change afterwards.
+    unsafe { (*size.cast::<u32>(), *offset.cast::<isize>()) }
+}
+
+/// Statically linked glibc: `dlsym` cannot see the executable's own symbols, but the link already
+/// fixed the glibc version (>= 2.35 is required to build this way), so read the symbols directly.
+#[cfg(all(target_env = "gnu", target_feature = "crt-static"))]
+fn glibc_registration() -> (u32, isize) {
+    unsafe extern "C" {
+        static __rseq_size: libc::c_uint;
+        static __rseq_offset: isize;
+    }
+    // SAFETY: both are constants glibc sets before user code runs.
+    unsafe { (__rseq_size, __rseq_offset) }
+}
+
+/// The process-wide `AT_RSEQ_FEATURE_SIZE` (20 when the kernel does not report one).
+pub fn feature_size() -> u32 {
+    process().feature_size
+}
+
+/// The process-wide `AT_RSEQ_ALIGN` (32 when the kernel does not report one).
+pub fn feature_align() -> u32 {
+    process().feature_align
+}
+
+/// glibc's `__rseq_size`: 0 when glibc did not register rseq (or does not export it).
+pub fn glibc_rseq_size() -> u32 {
+    process().glibc_size
+}

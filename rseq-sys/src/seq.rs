@@ -1,0 +1,282 @@
+//! Commit sequences: the architecture-independent interface.
+//!
+//! Every sequence has the same shape. It publishes its descriptor in `rseq->rseq_cs`, checks that
+//! the thread still has the index (CPU or mm_cid) the caller computed its pointers from, does its
+//! loads and compares, and ends with one store, the commit. If the thread is preempted, migrated
+//! or signalled before the commit, the kernel moves it to the abort handler and nothing was
+//! stored except, for [`Sequences::compare_store_store`], the speculative store the caller allows.
+//!
+//! The index is compared *inside* the sequence, reading the same field the caller indexed with:
+//! with mm_cid indexing two threads can share a CPU number but never an mm_cid, and vice versa.
+//!
+//! Each function is `unsafe` because its pointers must be valid, and because its per-index data
+//! must only ever be written by sequences on that index: a commit is a plain store, so a
+//! concurrent atomic write from elsewhere would be lost.
+
+use core::marker::PhantomData;
+
+use crate::abi;
+use crate::arch;
+use crate::registration::Current;
+
+/// Which `struct rseq` field indexes per-CPU data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Index {
+    /// `cpu_id`: one slot per possible CPU.
+    CpuId,
+    /// `mm_cid`: compact ids `< min(threads, CPUs)`, so a process with few threads touches few
+    /// slots (needs `kernel_size >= 28`).
+    MmCid,
+}
+
+impl Index {
+    /// mm_cid when the kernel fills it for this thread, else cpu_id.
+    #[inline]
+    pub fn best(kernel_size: u32) -> Index {
+        if kernel_size >= abi::MM_CID_END {
+            Index::MmCid
+        } else {
+            Index::CpuId
+        }
+    }
+
+    /// Byte offset of the field in `struct rseq`.
+    #[inline]
+    pub const fn field_offset(self) -> usize {
+        match self {
+            Index::CpuId => abi::CPU_ID_OFFSET,
+            Index::MmCid => abi::MM_CID_OFFSET,
+        }
+    }
+
+    /// `"cpu_id"` or `"mm_cid"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Index::CpuId => "cpu_id",
+            Index::MmCid => "mm_cid",
+        }
+    }
+}
+
+/// How a sequence ended.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome<T = ()> {
+    /// The commit store happened; carries the sequence's result.
+    Committed(T),
+    /// The sequence's own comparison failed (value differs, list or stack empty, stack full).
+    /// Nothing was stored.
+    CompareFailed,
+    /// Preempted, migrated or signalled, or the index no longer matched. Nothing was committed:
+    /// read the index again and retry.
+    Aborted,
+}
+
+/// Raw result codes shared with the architecture modules.
+pub(crate) const COMMITTED: u32 = 0;
+pub(crate) const COMPARE_FAILED: u32 = 1;
+pub(crate) const ABORTED: u32 = 2;
+
+impl<T> Outcome<T> {
+    #[inline(always)]
+    pub(crate) fn from_code(code: u32, value: T) -> Outcome<T> {
+        match code {
+            COMMITTED => Outcome::Committed(value),
+            COMPARE_FAILED => Outcome::CompareFailed,
+            _ => Outcome::Aborted,
+        }
+    }
+}
+
+/// The commit sequences of the current thread's registration.
+///
+/// Obtained from [`Current::sequences`]; only exists on architectures that have sequences.
+/// `expected` is always the value of the `index` field the caller read (see [`Current::index`])
+/// to compute its pointers.
+#[derive(Clone, Copy, Debug)]
+pub struct Sequences {
+    current: Current,
+    _arch: arch::Token,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Sequences {
+    #[inline]
+    pub(crate) fn new(current: Current) -> Option<Sequences> {
+        Some(Sequences {
+            current,
+            _arch: arch::Token::new()?,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// The registration these sequences run on.
+    #[inline]
+    pub fn current(self) -> Current {
+        self.current
+    }
+
+    #[inline(always)]
+    fn area(self) -> *mut abi::Rseq {
+        self.current.area().as_ptr()
+    }
+
+    #[inline(always)]
+    fn field(self, index: Index) -> *const u32 {
+        // SAFETY: the offset is that of a u32 field inside the registered area.
+        unsafe { self.area().cast::<u8>().add(index.field_offset()).cast() }
+    }
+
+    /// `*slot += value` on the current index.
+    ///
+    /// # Safety
+    /// `slot` is valid, aligned, and written only by sequences running on index `expected`.
+    #[inline(always)]
+    pub unsafe fn add(self, index: Index, expected: u32, slot: *mut i64, value: i64) -> Outcome {
+        // SAFETY: forwarded contract; the area and field belong to this thread's registration.
+        let code = unsafe { arch::add(self._arch, self.area(), self.field(index), expected, slot, value) };
+        Outcome::from_code(code, ())
+    }
+
+    /// `if *ptr == expect { *ptr = new }` on the current index.
+    ///
+    /// # Safety
+    /// As for [`Self::add`], for `ptr`.
+    #[inline(always)]
+    pub unsafe fn compare_store(
+        self,
+        index: Index,
+        expected: u32,
+        ptr: *mut usize,
+        expect: usize,
+        new: usize,
+    ) -> Outcome {
+        // SAFETY: forwarded contract.
+        let code = unsafe {
+            arch::compare_store(self._arch, self.area(), self.field(index), expected, ptr, expect, new)
+        };
+        Outcome::from_code(code, ())
+    }
+
+    /// Linked-list pop: `let h = *head; if h == sentinel { fail }; *head = *(h + next_offset)`,
+    /// returning `h`.
+    ///
+    /// # Safety
+    /// As for [`Self::add`], for `head`; every node reachable from `head` is valid and holds its
+    /// successor at `next_offset`, and nodes are not freed while they may still be on the list.
+    #[inline(always)]
+    pub unsafe fn list_pop(
+        self,
+        index: Index,
+        expected: u32,
+        head: *mut usize,
+        sentinel: usize,
+        next_offset: usize,
+    ) -> Outcome<usize> {
+        // SAFETY: forwarded contract.
+        let (code, popped) = unsafe {
+            arch::list_pop(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                head,
+                sentinel,
+                next_offset,
+            )
+        };
+        Outcome::from_code(code, popped)
+    }
+
+    /// `if *ptr == expect { *spec = spec_value; *ptr = new }`: the speculative store may happen
+    /// without the commit (then it must be harmless), the commit never without it.
+    ///
+    /// # Safety
+    /// As for [`Self::add`], for `ptr`; `spec` is valid and writable by this thread.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn compare_store_store(
+        self,
+        index: Index,
+        expected: u32,
+        ptr: *mut usize,
+        expect: usize,
+        spec: *mut usize,
+        spec_value: usize,
+        new: usize,
+    ) -> Outcome {
+        // SAFETY: forwarded contract.
+        let code = unsafe {
+            arch::compare_store_store(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                ptr,
+                expect,
+                spec,
+                spec_value,
+                new,
+            )
+        };
+        Outcome::from_code(code, ())
+    }
+
+    /// Array-stack push: `if *count < cap { slots[*count] = value; *count += 1 }`
+    /// ([`Outcome::CompareFailed`] when full).
+    ///
+    /// # Safety
+    /// As for [`Self::add`], for `count` and `slots[..cap]`.
+    #[inline(always)]
+    pub unsafe fn stack_push(
+        self,
+        index: Index,
+        expected: u32,
+        count: *mut usize,
+        slots: *mut usize,
+        cap: usize,
+        value: usize,
+    ) -> Outcome {
+        // SAFETY: forwarded contract.
+        let code = unsafe {
+            arch::stack_push(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                count,
+                slots,
+                cap,
+                value,
+            )
+        };
+        Outcome::from_code(code, ())
+    }
+
+    /// Array-stack pop: `if *count > 0 { *count -= 1; return slots[*count] }`
+    /// ([`Outcome::CompareFailed`] when empty).
+    ///
+    /// # Safety
+    /// As for [`Self::add`], for `count` and `slots[..*count]`.
+    #[inline(always)]
+    pub unsafe fn stack_pop(
+        self,
+        index: Index,
+        expected: u32,
+        count: *mut usize,
+        slots: *const usize,
+    ) -> Outcome<usize> {
+        // SAFETY: forwarded contract.
+        let (code, popped) = unsafe {
+            arch::stack_pop(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                count,
+                slots,
+            )
+        };
+        Outcome::from_code(code, popped)
+    }
+}

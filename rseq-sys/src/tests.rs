@@ -1,0 +1,239 @@
+//! Unit tests of the sequences' semantics and of the abort path, which needs the crate-private
+//! test-only sequences.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+use std::vec::Vec;
+
+use crate::{Index, Outcome, Sequences, current};
+
+fn sequences() -> Sequences {
+    current()
+        .expect("these tests run where rseq works (see tests/regimes.rs for the rest)")
+        .sequences()
+        .expect("x86_64 and aarch64 have sequences")
+}
+
+/// Runs `op` with the current index until it does not abort.
+fn retry<T>(index: Index, mut op: impl FnMut(Sequences, u32) -> Outcome<T>) -> Outcome<T> {
+    loop {
+        let seq = sequences();
+        let expected = seq.current().index(index);
+        match op(seq, expected) {
+            Outcome::Aborted => continue,
+            done => return done,
+        }
+    }
+}
+
+fn indexes() -> Vec<Index> {
+    let mut v = std::vec![Index::CpuId];
+    if crate::kernel_size() >= 28 {
+        v.push(Index::MmCid);
+    }
+    v
+}
+
+#[test]
+fn add_commits_on_the_current_index() {
+    for index in indexes() {
+        let mut slot = 40i64;
+        // SAFETY: `slot` is a local only this thread touches.
+        let r = retry(index, |s, e| unsafe { s.add(index, e, &mut slot, 2) });
+        assert_eq!(r, Outcome::Committed(()));
+        assert_eq!(slot, 42);
+        // SAFETY: as above.
+        let r = retry(index, |s, e| unsafe { s.add(index, e, &mut slot, -50) });
+        assert_eq!(r, Outcome::Committed(()));
+        assert_eq!(slot, -8);
+    }
+}
+
+#[test]
+fn a_mismatched_index_aborts_without_storing() {
+    let possible = crate::possible_cpus();
+    for index in indexes() {
+        let mut slot = 7i64;
+        let mut word = 1usize;
+        let mut count = 0usize;
+        let mut slots = [0usize; 4];
+        let seq = sequences();
+        let wrong = seq.current().index(index).wrapping_add(possible);
+        // SAFETY: locals only this thread touches.
+        unsafe {
+            assert_eq!(seq.add(index, wrong, &mut slot, 1), Outcome::Aborted);
+            assert_eq!(seq.compare_store(index, wrong, &mut word, 1, 9), Outcome::Aborted);
+            assert_eq!(
+                seq.stack_push(index, wrong, &mut count, slots.as_mut_ptr(), 4, 5),
+                Outcome::Aborted
+            );
+        }
+        assert_eq!((slot, word, count), (7, 1, 0));
+    }
+}
+
+#[test]
+fn compare_store_only_stores_on_a_match() {
+    for index in indexes() {
+        let mut word = 10usize;
+        // SAFETY: a local only this thread touches.
+        let r = retry(index, |s, e| unsafe { s.compare_store(index, e, &mut word, 11, 99) });
+        assert_eq!(r, Outcome::CompareFailed);
+        assert_eq!(word, 10);
+        // SAFETY: as above.
+        let r = retry(index, |s, e| unsafe { s.compare_store(index, e, &mut word, 10, 99) });
+        assert_eq!(r, Outcome::Committed(()));
+        assert_eq!(word, 99);
+    }
+}
+
+#[test]
+fn compare_store_store_writes_both_or_neither() {
+    for index in indexes() {
+        let mut word = 1usize;
+        let mut spec = 0usize;
+        // SAFETY: locals only this thread touches.
+        let r = retry(index, |s, e| unsafe {
+            s.compare_store_store(index, e, &mut word, 2, &mut spec, 5, 3)
+        });
+        assert_eq!(r, Outcome::CompareFailed);
+        assert_eq!((word, spec), (1, 0));
+        // SAFETY: as above.
+        let r = retry(index, |s, e| unsafe {
+            s.compare_store_store(index, e, &mut word, 1, &mut spec, 5, 3)
+        });
+        assert_eq!(r, Outcome::Committed(()));
+        assert_eq!((word, spec), (3, 5));
+    }
+}
+
+#[test]
+fn list_pop_walks_a_linked_list_to_the_sentinel() {
+    #[repr(C)]
+    struct Node {
+        payload: u64,
+        next: usize,
+    }
+    const SENTINEL: usize = usize::MAX;
+    for index in indexes() {
+        let mut nodes: Vec<Node> = (0..3)
+            .map(|i| Node {
+                payload: i,
+                next: SENTINEL,
+            })
+            .collect();
+        let addr = |n: &Node| n as *const Node as usize;
+        nodes[2].next = SENTINEL;
+        nodes[1].next = addr(&nodes[2]);
+        nodes[0].next = addr(&nodes[1]);
+        let mut head = addr(&nodes[0]);
+        let next_offset = core::mem::offset_of!(Node, next);
+        let mut popped = Vec::new();
+        loop {
+            // SAFETY: every node reachable from `head` is alive in `nodes`.
+            match retry(index, |s, e| unsafe {
+                s.list_pop(index, e, &mut head, SENTINEL, next_offset)
+            }) {
+                Outcome::Committed(node) => popped.push(node),
+                Outcome::CompareFailed => break,
+                Outcome::Aborted => unreachable!("retry() never returns Aborted"),
+            }
+        }
+        let expect: Vec<usize> = nodes.iter().map(addr).collect();
+        assert_eq!(popped, expect);
+        assert_eq!(head, SENTINEL);
+    }
+}
+
+#[test]
+fn stack_push_and_pop_respect_capacity_and_order() {
+    const CAP: usize = 4;
+    for index in indexes() {
+        let mut count = 0usize;
+        let mut slots = [0usize; CAP];
+        for value in 1..=CAP {
+            // SAFETY: locals only this thread touches.
+            let r = retry(index, |s, e| unsafe {
+                s.stack_push(index, e, &mut count, slots.as_mut_ptr(), CAP, value * 10)
+            });
+            assert_eq!(r, Outcome::Committed(()));
+        }
+        // SAFETY: as above.
+        let full = retry(index, |s, e| unsafe {
+            s.stack_push(index, e, &mut count, slots.as_mut_ptr(), CAP, 999)
+        });
+        assert_eq!(full, Outcome::CompareFailed);
+        assert_eq!((count, slots), (CAP, [10, 20, 30, 40]));
+        for value in (1..=CAP).rev() {
+            // SAFETY: as above.
+            let r = retry(index, |s, e| unsafe {
+                s.stack_pop(index, e, &mut count, slots.as_ptr())
+            });
+            assert_eq!(r, Outcome::Committed(value * 10));
+        }
+        // SAFETY: as above.
+        let empty = retry(index, |s, e| unsafe { s.stack_pop(index, e, &mut count, slots.as_ptr()) });
+        assert_eq!(empty, Outcome::CompareFailed);
+        assert_eq!(count, 0);
+    }
+}
+
+static TRAPS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn count_trap(_: libc::c_int) {
+    TRAPS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn install_sigtrap_handler() {
+    // SAFETY: a zeroed sigaction with a plain handler is valid; the handler is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = core::mem::zeroed();
+        action.sa_sigaction = count_trap as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGTRAP, &action, core::ptr::null_mut()), 0);
+    }
+}
+
+#[test]
+fn a_trap_inside_the_critical_section_ends_in_the_abort_handler() {
+    install_sigtrap_handler();
+    let before = TRAPS.load(Ordering::Relaxed);
+    let current = current().expect("rseq works here");
+    let mut slot = 5i64;
+    let area = current.area().as_ptr();
+    // SAFETY: our own registration; the id field lies inside the area; `slot` is a local.
+    let code = unsafe {
+        let id = area.cast::<u8>().add(Index::CpuId.field_offset()).cast::<u32>();
+        crate::arch::testing::trap_then_store(area, id, current.index(Index::CpuId), &mut slot, 6)
+    };
+    assert_eq!(code, crate::seq::ABORTED, "the kernel must resume at the abort handler");
+    assert_eq!(slot, 5, "the commit after the trap must not have run");
+    assert!(TRAPS.load(Ordering::Relaxed) > before, "the trap was delivered");
+}
+
+#[test]
+fn a_wrong_signature_kills_the_process_with_sigsegv() {
+    let current = current().expect("rseq works here");
+    let area = current.area().as_ptr();
+    // SAFETY: fork in a test process; the child only calls async-signal-safe functions and the
+    // sequence (no allocation, no locks) before `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        install_sigtrap_handler();
+        let mut slot = 0i64;
+        // SAFETY: the registration is inherited by the child; this is meant to kill it.
+        unsafe {
+            let id = area.cast::<u8>().add(Index::CpuId.field_offset()).cast::<u32>();
+            let expected = current.index(Index::CpuId);
+            let _ = crate::arch::testing::trap_with_bad_signature(area, id, expected, &mut slot, 1);
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
+        "child should die of SIGSEGV, status {status:#x}"
+    );
+}
