@@ -132,8 +132,23 @@ mod tests {
 
     #[test]
     fn malformed_cpu_lists_are_rejected() {
-        for bad in [&b""[..], b"\n", b"a", b"0-", b"-1", b"3-1", b"0,,1", b"1-2-3", b"9999999999"] {
-            assert_eq!(parse_cpu_list(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"a",
+            b"0-",
+            b"-1",
+            b"3-1",
+            b"0,,1",
+            b"1-2-3",
+            b"9999999999",
+        ] {
+            assert_eq!(
+                parse_cpu_list(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

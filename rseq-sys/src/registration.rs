@@ -173,8 +173,13 @@ impl Current {
         // in-bounds u32. The kernel updates it only while this thread is not running user code
         // (like a signal handler would), so a relaxed atomic load is the right access.
         unsafe {
-            (*self.area.as_ptr().cast::<u8>().add(offset).cast::<AtomicU32>())
-                .load(Ordering::Relaxed)
+            (*self
+                .area
+                .as_ptr()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<AtomicU32>())
+            .load(Ordering::Relaxed)
         }
     }
 
@@ -320,7 +325,11 @@ impl fmt::Display for UnregisterError {
             UnregisterError::OwnedByGlibc => f.write_str("the rseq area belongs to glibc"),
             UnregisterError::NotRegistered => f.write_str("the thread has no rseq registration"),
             UnregisterError::Errno(e) => {
-                write!(f, "rseq(2) unregister failed: {} (errno {e})", errno_name(e))
+                write!(
+                    f,
+                    "rseq(2) unregister failed: {} (errno {e})",
+                    errno_name(e)
+                )
             }
         }
     }
@@ -331,10 +340,8 @@ impl fmt::Display for UnregisterError {
 /// Afterwards the thread reports [`Unavailable::Unregistered`] and structures built on this crate
 /// take their atomic fallback on it; it is not registered again. glibc's area is never touched.
 pub fn unregister_current_thread() -> Result<(), UnregisterError> {
-    let current = match STATE.with(Cell::get) {
-        ThreadState::Registered(c) => c,
-        _ => return Err(UnregisterError::NotRegistered),
-    };
+    // Resolve the thread's state first: a thread that never used rseq may still be glibc's.
+    let current = current().ok_or(UnregisterError::NotRegistered)?;
     if current.owner == Owner::Glibc {
         return Err(UnregisterError::OwnedByGlibc);
     }

@@ -134,7 +134,16 @@ impl Sequences {
     #[inline(always)]
     pub unsafe fn add(self, index: Index, expected: u32, slot: *mut i64, value: i64) -> Outcome {
         // SAFETY: forwarded contract; the area and field belong to this thread's registration.
-        let code = unsafe { arch::add(self._arch, self.area(), self.field(index), expected, slot, value) };
+        let code = unsafe {
+            arch::add(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                slot,
+                value,
+            )
+        };
         Outcome::from_code(code, ())
     }
 
@@ -153,7 +162,15 @@ impl Sequences {
     ) -> Outcome {
         // SAFETY: forwarded contract.
         let code = unsafe {
-            arch::compare_store(self._arch, self.area(), self.field(index), expected, ptr, expect, new)
+            arch::compare_store(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                ptr,
+                expect,
+                new,
+            )
         };
         Outcome::from_code(code, ())
     }

@@ -61,7 +61,10 @@ fn a_mismatched_index_aborts_without_storing() {
         // SAFETY: locals only this thread touches.
         unsafe {
             assert_eq!(seq.add(index, wrong, &mut slot, 1), Outcome::Aborted);
-            assert_eq!(seq.compare_store(index, wrong, &mut word, 1, 9), Outcome::Aborted);
+            assert_eq!(
+                seq.compare_store(index, wrong, &mut word, 1, 9),
+                Outcome::Aborted
+            );
             assert_eq!(
                 seq.stack_push(index, wrong, &mut count, slots.as_mut_ptr(), 4, 5),
                 Outcome::Aborted
@@ -76,11 +79,15 @@ fn compare_store_only_stores_on_a_match() {
     for index in indexes() {
         let mut word = 10usize;
         // SAFETY: a local only this thread touches.
-        let r = retry(index, |s, e| unsafe { s.compare_store(index, e, &mut word, 11, 99) });
+        let r = retry(index, |s, e| unsafe {
+            s.compare_store(index, e, &mut word, 11, 99)
+        });
         assert_eq!(r, Outcome::CompareFailed);
         assert_eq!(word, 10);
         // SAFETY: as above.
-        let r = retry(index, |s, e| unsafe { s.compare_store(index, e, &mut word, 10, 99) });
+        let r = retry(index, |s, e| unsafe {
+            s.compare_store(index, e, &mut word, 10, 99)
+        });
         assert_eq!(r, Outcome::Committed(()));
         assert_eq!(word, 99);
     }
@@ -171,7 +178,9 @@ fn stack_push_and_pop_respect_capacity_and_order() {
             assert_eq!(r, Outcome::Committed(value * 10));
         }
         // SAFETY: as above.
-        let empty = retry(index, |s, e| unsafe { s.stack_pop(index, e, &mut count, slots.as_ptr()) });
+        let empty = retry(index, |s, e| unsafe {
+            s.stack_pop(index, e, &mut count, slots.as_ptr())
+        });
         assert_eq!(empty, Outcome::CompareFailed);
         assert_eq!(count, 0);
     }
@@ -189,7 +198,10 @@ fn install_sigtrap_handler() {
         let mut action: libc::sigaction = core::mem::zeroed();
         action.sa_sigaction = count_trap as extern "C" fn(libc::c_int) as usize;
         libc::sigemptyset(&mut action.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGTRAP, &action, core::ptr::null_mut()), 0);
+        assert_eq!(
+            libc::sigaction(libc::SIGTRAP, &action, core::ptr::null_mut()),
+            0
+        );
     }
 }
 
@@ -202,12 +214,22 @@ fn a_trap_inside_the_critical_section_ends_in_the_abort_handler() {
     let area = current.area().as_ptr();
     // SAFETY: our own registration; the id field lies inside the area; `slot` is a local.
     let code = unsafe {
-        let id = area.cast::<u8>().add(Index::CpuId.field_offset()).cast::<u32>();
+        let id = area
+            .cast::<u8>()
+            .add(Index::CpuId.field_offset())
+            .cast::<u32>();
         crate::arch::testing::trap_then_store(area, id, current.index(Index::CpuId), &mut slot, 6)
     };
-    assert_eq!(code, crate::seq::ABORTED, "the kernel must resume at the abort handler");
+    assert_eq!(
+        code,
+        crate::seq::ABORTED,
+        "the kernel must resume at the abort handler"
+    );
     assert_eq!(slot, 5, "the commit after the trap must not have run");
-    assert!(TRAPS.load(Ordering::Relaxed) > before, "the trap was delivered");
+    assert!(
+        TRAPS.load(Ordering::Relaxed) > before,
+        "the trap was delivered"
+    );
 }
 
 #[test]
@@ -223,7 +245,10 @@ fn a_wrong_signature_kills_the_process_with_sigsegv() {
         let mut slot = 0i64;
         // SAFETY: the registration is inherited by the child; this is meant to kill it.
         unsafe {
-            let id = area.cast::<u8>().add(Index::CpuId.field_offset()).cast::<u32>();
+            let id = area
+                .cast::<u8>()
+                .add(Index::CpuId.field_offset())
+                .cast::<u32>();
             let expected = current.index(Index::CpuId);
             let _ = crate::arch::testing::trap_with_bad_signature(area, id, expected, &mut slot, 1);
             libc::_exit(0);

@@ -25,6 +25,9 @@
 //! by `cmp` (no `preserves_flags`), the stack is untouched (`nostack`), and temporaries are `out`
 //! rather than `lateout` because they are written before the inputs are last read.
 
+// Each asm operand is an argument: the wrappers are as wide as their sequences.
+#![allow(clippy::too_many_arguments)]
+
 use core::arch::asm;
 
 use crate::seq::{ABORTED, COMMITTED, COMPARE_FAILED};
@@ -218,7 +221,6 @@ pub(crate) unsafe fn list_pop(
 /// # Safety
 /// As for [`add`], for `ptr`; `spec` is valid and writable.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn compare_store_store(
     _token: Token,
     area: *mut crate::abi::Rseq,

@@ -25,6 +25,9 @@
 //! touch the stack, so all are `nostack`. Temporaries are plain `out` operands, never `lateout`,
 //! because they are written before the inputs are last read.
 
+// Each asm operand is an argument: the wrappers are as wide as their sequences.
+#![allow(clippy::too_many_arguments)]
+
 use core::arch::asm;
 
 use crate::seq::{ABORTED, COMMITTED, COMPARE_FAILED};
@@ -107,7 +110,9 @@ macro_rules! rseq_sequence {
 const _: () = {
     assert!(crate::abi::RSEQ_SIG == 0x5305_3053);
     assert!(COMMITTED == 0 && COMPARE_FAILED == 1 && ABORTED == 2);
-    assert!(crate::abi::CPU_ID_OFFSET == 4 && core::mem::offset_of!(crate::abi::Rseq, rseq_cs) == 8);
+    assert!(
+        crate::abi::CPU_ID_OFFSET == 4 && core::mem::offset_of!(crate::abi::Rseq, rseq_cs) == 8
+    );
 };
 
 /// # Safety
@@ -218,7 +223,6 @@ pub(crate) unsafe fn list_pop(
 /// # Safety
 /// As for [`add`], for `ptr`; `spec` is valid and writable.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn compare_store_store(
     _token: Token,
     area: *mut crate::abi::Rseq,

@@ -1,0 +1,296 @@
+//! Helpers shared by rseq-sys's integration tests: re-executing the test binary as a child under
+//! another regime, seccomp filters, signal storms and CPU migration.
+#![allow(dead_code, clippy::undocumented_unsafe_blocks)]
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+/// Runs the ignored test `name` of this test binary in a child process, with `env` set and
+/// `setup` (if any) run between fork and exec. Returns the child's output.
+pub fn run_child(
+    name: &str,
+    env: &[(&str, &str)],
+    setup: Option<fn() -> std::io::Result<()>>,
+) -> Output {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        name,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    cmd.env_remove("GLIBC_TUNABLES");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(setup) = setup {
+        // SAFETY: `setup` only makes async-signal-safe system calls (prctl), allocating nothing.
+        unsafe { cmd.pre_exec(setup) };
+    }
+    cmd.output().expect("spawn child test")
+}
+
+/// Asserts that the child ran exactly one test and it passed.
+pub fn assert_child_passed(name: &str, out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+}
+
+/// A seccomp filter that fails `rseq(2)` with `errno` and allows everything else. Installed
+/// before exec, so glibc's own registration in the new program fails too.
+pub fn deny_rseq_with(errno: u32) -> std::io::Result<()> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, sock_filter, sock_fprog};
+    const fn stmt(code: u32, k: u32) -> sock_filter {
+        sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        }
+    }
+    const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+        sock_filter {
+            code: code as u16,
+            jt,
+            jf,
+            k,
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xc000_00b7;
+    let filter = [
+        // Foreign architecture (x32/compat calls): allow, the test never makes them.
+        stmt(BPF_LD | BPF_W | BPF_ABS, 4),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH, 0, 3),
+        stmt(BPF_LD | BPF_W | BPF_ABS, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_rseq as u32, 0, 1),
+        stmt(
+            BPF_RET | BPF_K,
+            libc::SECCOMP_RET_ERRNO | (errno & libc::SECCOMP_RET_DATA),
+        ),
+        stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut sock_filter,
+    };
+    // SAFETY: plain prctl calls with a valid, live filter program.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+pub fn deny_rseq_enosys() -> std::io::Result<()> {
+    deny_rseq_with(libc::ENOSYS as u32)
+}
+
+pub fn deny_rseq_eperm() -> std::io::Result<()> {
+    deny_rseq_with(libc::EPERM as u32)
+}
+
+/// xorshift64*: deterministic per-thread randomness without dependencies.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpus`.
+pub fn set_affinity(cpus: &[usize]) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+}
+
+/// Threads to run for stress tests: 8 per CPU this process may use.
+pub fn stress_threads() -> usize {
+    8 * allowed_cpus().len().max(1)
+}
+
+pub static SIGNALS_HANDLED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    SIGNALS_HANDLED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Installs a SIGUSR1 handler (with SA_RESTART) that only counts.
+pub fn install_sigusr1_handler() {
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+}
+
+/// Sends SIGUSR1 to registered threads continuously until dropped.
+pub struct SignalStorm {
+    tids: Arc<Vec<AtomicI32>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<u64>>,
+}
+
+impl SignalStorm {
+    /// A storm over `slots` worker threads; each enlists itself through [`SignalStorm::handle`].
+    pub fn start(slots: usize) -> SignalStorm {
+        install_sigusr1_handler();
+        let tids: Arc<Vec<AtomicI32>> = Arc::new((0..slots).map(|_| AtomicI32::new(0)).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (tids, stop) = (tids.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let pid = unsafe { libc::getpid() };
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    for tid in tids.iter() {
+                        let tid = tid.load(Ordering::Relaxed);
+                        if tid != 0
+                            && unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) }
+                                == 0
+                        {
+                            sent += 1;
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                sent
+            })
+        };
+        SignalStorm {
+            tids,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn handle(&self) -> SignalStormHandle {
+        SignalStormHandle(self.tids.clone())
+    }
+
+    /// Stops the storm; returns how many signals were sent.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// What a worker thread needs to enlist itself.
+#[derive(Clone)]
+pub struct SignalStormHandle(Arc<Vec<AtomicI32>>);
+
+impl SignalStormHandle {
+    pub fn enlist(&self, slot: usize) {
+        self.0[slot].store(unsafe { libc::gettid() }, Ordering::Relaxed);
+    }
+    pub fn leave(&self, slot: usize) {
+        self.0[slot].store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SignalStorm {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One cache-line-padded slot per possible CPU (or mm_cid), written only by rseq sequences.
+pub struct Slots(Vec<Padded>);
+
+#[repr(align(128))]
+struct Padded(std::cell::UnsafeCell<i64>);
+
+// SAFETY: each slot is written only by commit sequences on its own index (never concurrently with
+// another writer of the same slot), and read only after the writers are joined.
+unsafe impl Sync for Slots {}
+
+impl Slots {
+    pub fn new() -> Slots {
+        Slots(
+            (0..rseq_sys::possible_cpus())
+                .map(|_| Padded(std::cell::UnsafeCell::new(0)))
+                .collect(),
+        )
+    }
+
+    /// Adds `value` to the current index's slot; returns how many times the sequence aborted.
+    pub fn add(&self, index: rseq_sys::Index, value: i64) -> u64 {
+        let mut aborts = 0;
+        loop {
+            let current = rseq_sys::current().expect("rseq registered");
+            let seq = current.sequences().expect("sequences on this architecture");
+            let i = current.index(index);
+            let slot = self.0[i as usize].0.get();
+            // SAFETY: the slot is only written by sequences on index `i`.
+            match unsafe { seq.add(index, i, slot, value) } {
+                rseq_sys::Outcome::Committed(()) => return aborts,
+                rseq_sys::Outcome::Aborted => aborts += 1,
+                rseq_sys::Outcome::CompareFailed => unreachable!("add never compares"),
+            }
+        }
+    }
+
+    /// The sum of all slots, once the writers are done.
+    pub fn sum(&mut self) -> i64 {
+        self.0.iter_mut().map(|p| *p.0.get_mut()).sum()
+    }
+}

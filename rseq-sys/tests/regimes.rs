@@ -1,0 +1,372 @@
+//! Registration under each regime a process can be in: glibc owning rseq (the default), glibc's
+//! rseq disabled (we register our own), rseq blocked by seccomp (ENOSYS and EPERM), and across
+//! fork and thread churn.
+//!
+//! Regimes other than the default re-execute this test binary as a child that runs one `#[ignore]`d
+//! test, so they are set before glibc starts, as they would be for a real program.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
+mod common;
+
+use common::{Slots, allowed_cpus, assert_child_passed, run_child, set_affinity};
+use rseq_sys::{Index, Owner, Unavailable, UnregisterError};
+
+fn auxv_feature_size() -> u32 {
+    match unsafe { libc::getauxval(27) } {
+        0 => 20,
+        n => n as u32,
+    }
+}
+
+fn indexes() -> Vec<Index> {
+    let mut v = vec![Index::CpuId];
+    if rseq_sys::kernel_size() >= 28 {
+        v.push(Index::MmCid);
+    }
+    v
+}
+
+#[test]
+fn default_process_shares_glibcs_registration() {
+    let glibc_size = rseq_sys::glibc_rseq_size();
+    assert_ne!(
+        glibc_size, 0,
+        "glibc >= 2.35 registers rseq unless GLIBC_TUNABLES disables it"
+    );
+    let status = rseq_sys::status();
+    assert_eq!(status.owner, Owner::Glibc);
+    assert_eq!(status.reason, None);
+    let feature = auxv_feature_size();
+    assert_eq!(rseq_sys::feature_size(), feature);
+    let expected = match glibc_size {
+        20 | 32 => feature.min(32),
+        n => n,
+    };
+    assert_eq!(status.kernel_size, expected);
+    assert_eq!(rseq_sys::kernel_size(), expected);
+    // The thread really is registered already: a second registration must be refused.
+    let mut foreign = Box::new(Aligned([0u8; 64]));
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rseq,
+            foreign.0.as_mut_ptr(),
+            32u32,
+            0,
+            rseq_sys::abi::RSEQ_SIG,
+        )
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert!(
+        rc != 0 && matches!(errno, Some(libc::EINVAL | libc::EBUSY)),
+        "rc {rc}, {errno:?}"
+    );
+}
+
+#[repr(C, align(64))]
+struct Aligned([u8; 64]);
+
+#[test]
+fn a_spawned_thread_has_the_same_registration_kind() {
+    let main = rseq_sys::status();
+    let spawned = std::thread::spawn(rseq_sys::status).join().unwrap();
+    assert_eq!(spawned, main);
+    let a = rseq_sys::current().unwrap().area();
+    let b = std::thread::spawn(|| rseq_sys::current().unwrap().area().as_ptr() as usize)
+        .join()
+        .unwrap();
+    assert_ne!(a.as_ptr() as usize, b, "each thread has its own area");
+}
+
+#[test]
+fn pinned_cpu_reads_agree_with_sched_getcpu_and_sysfs() {
+    let allowed = allowed_cpus();
+    let possible = rseq_sys::possible_cpus();
+    let kernel_size = rseq_sys::kernel_size();
+    std::thread::spawn(move || {
+        for &cpu in &allowed {
+            set_affinity(&[cpu]);
+            let rseq = rseq_sys::current().unwrap();
+            assert_eq!(rseq.cpu_id() as usize, cpu);
+            assert_eq!(rseq_sys::current_cpu(), Some(cpu as u32));
+            assert_eq!(rseq_sys::sched_getcpu(), Some(cpu as u32));
+            assert!(rseq.cpu_id() < possible);
+            match rseq.node_id() {
+                Some(node) => {
+                    assert!(kernel_size >= 24);
+                    let link = format!("/sys/devices/system/cpu/cpu{cpu}/node{node}");
+                    assert!(
+                        std::path::Path::new(&link).exists() || node == 0,
+                        "{link} missing"
+                    );
+                }
+                None => assert!(kernel_size < 24),
+            }
+            match rseq.mm_cid() {
+                Some(cid) => {
+                    assert!(kernel_size >= 28);
+                    assert!(cid < possible, "mm_cid {cid} >= possible CPUs {possible}");
+                }
+                None => assert!(kernel_size < 28),
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn possible_cpus_covers_every_cpu_in_sysfs() {
+    let text = std::fs::read("/sys/devices/system/cpu/possible").unwrap();
+    let max = rseq_sys::cpu::parse_cpu_list(&text).unwrap();
+    assert_eq!(rseq_sys::possible_cpus(), max + 1);
+    for cpu in allowed_cpus() {
+        assert!((cpu as u32) < rseq_sys::possible_cpus());
+    }
+}
+
+#[test]
+fn glibcs_area_cannot_be_unregistered_by_us() {
+    assert_eq!(
+        rseq_sys::unregister_current_thread(),
+        Err(UnregisterError::OwnedByGlibc)
+    );
+    assert_eq!(rseq_sys::status().owner, Owner::Glibc);
+}
+
+#[test]
+fn fork_child_keeps_a_valid_registration() {
+    let parent = rseq_sys::status();
+    let mut slots = Slots::new();
+    let modes = indexes();
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // Child: no allocation, no panics on the success path; report through the exit code.
+        let status = rseq_sys::status();
+        let mut code = 0;
+        if status != parent || rseq_sys::current().is_none() {
+            code = 10;
+        }
+        for &index in &modes {
+            for _ in 0..10_000 {
+                slots.add(index, 3);
+            }
+        }
+        if slots.sum() != 30_000 * modes.len() as i64 {
+            code = 11;
+        }
+        unsafe { libc::_exit(code) };
+    }
+    let mut wstatus = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut wstatus, 0) }, pid);
+    assert!(libc::WIFEXITED(wstatus), "child died: {wstatus:#x}");
+    assert_eq!(
+        libc::WEXITSTATUS(wstatus),
+        0,
+        "10: registration lost, 11: wrong sum"
+    );
+}
+
+#[test]
+fn two_thousand_short_lived_threads_each_get_a_registration() {
+    const THREADS: usize = 2_000;
+    const BATCH: usize = 64;
+    let main = rseq_sys::status();
+    let slots = Slots::new();
+    let modes = indexes();
+    std::thread::scope(|s| {
+        for batch in (0..THREADS).collect::<Vec<_>>().chunks(BATCH) {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|_| {
+                    s.spawn(|| {
+                        assert_eq!(rseq_sys::status(), main);
+                        for &index in &modes {
+                            slots.add(index, 1);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+        }
+    });
+    let mut slots = slots;
+    assert_eq!(slots.sum(), (THREADS * modes.len()) as i64);
+}
+
+// ---- glibc's rseq disabled: we register our own area ----
+
+#[test]
+fn with_glibc_rseq_disabled_we_register_our_own() {
+    let out = run_child(
+        "child_glibc_rseq_disabled",
+        &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
+        None,
+    );
+    assert_child_passed("child_glibc_rseq_disabled", &out);
+}
+
+#[test]
+#[ignore = "run in a child by with_glibc_rseq_disabled_we_register_our_own"]
+fn child_glibc_rseq_disabled() {
+    assert_eq!(
+        rseq_sys::glibc_rseq_size(),
+        0,
+        "GLIBC_TUNABLES did not take effect"
+    );
+    let status = rseq_sys::status();
+    assert_eq!(status.owner, Owner::Own, "{status:?}");
+    assert_eq!(status.kernel_size, auxv_feature_size());
+    let align = rseq_sys::feature_align() as usize;
+    let area = rseq_sys::current().unwrap().area().as_ptr() as usize;
+    assert_eq!(
+        area % align.max(32),
+        0,
+        "own area must honour AT_RSEQ_ALIGN"
+    );
+
+    // Sequences work in many threads, each with its own registration.
+    const THREADS: usize = 16;
+    const ADDS: i64 = 50_000;
+    for index in indexes() {
+        let slots = Slots::new();
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    assert_eq!(rseq_sys::status().owner, Owner::Own);
+                    for _ in 0..ADDS {
+                        slots.add(index, 2);
+                    }
+                });
+            }
+        });
+        let mut slots = slots;
+        assert_eq!(slots.sum(), THREADS as i64 * ADDS * 2, "{index:?}");
+    }
+
+    // Our own area can be given up; the thread then reports why and is not registered again.
+    std::thread::spawn(|| {
+        assert_eq!(rseq_sys::status().owner, Owner::Own);
+        assert_eq!(rseq_sys::unregister_current_thread(), Ok(()));
+        let after = rseq_sys::status();
+        assert_eq!(after.owner, Owner::None);
+        assert_eq!(after.reason, Some(Unavailable::Unregistered));
+        assert_eq!(after.kernel_size, 0);
+        assert!(rseq_sys::current().is_none());
+        assert_eq!(
+            rseq_sys::unregister_current_thread(),
+            Err(UnregisterError::NotRegistered)
+        );
+        // The kernel agrees: registering this thread again now succeeds.
+        let mut area = Box::new(Aligned([0u8; 64]));
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rseq,
+                area.0.as_mut_ptr(),
+                32u32,
+                0,
+                rseq_sys::abi::RSEQ_SIG,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rseq,
+                area.0.as_mut_ptr(),
+                32u32,
+                1,
+                rseq_sys::abi::RSEQ_SIG,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "unregister the test's area: {}",
+            std::io::Error::last_os_error()
+        );
+    })
+    .join()
+    .unwrap();
+
+    // Someone else (another library) registered this thread first: we get EINVAL and fall back.
+    std::thread::spawn(|| {
+        let area: &'static mut Aligned = Box::leak(Box::new(Aligned([0u8; 64])));
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rseq,
+                area.0.as_mut_ptr(),
+                32u32,
+                0,
+                rseq_sys::abi::RSEQ_SIG,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let status = rseq_sys::status();
+        assert_eq!(status.owner, Owner::None);
+        assert_eq!(status.reason, Some(Unavailable::Errno(libc::EINVAL)));
+        assert_eq!(rseq_sys::kernel_size(), 0);
+        assert!(rseq_sys::current_cpu().is_some(), "sched_getcpu fallback");
+    })
+    .join()
+    .unwrap();
+}
+
+// ---- rseq blocked by seccomp ----
+
+#[test]
+fn with_rseq_blocked_by_seccomp_enosys_we_fall_back() {
+    let out = run_child(
+        "child_rseq_blocked",
+        &[("RSEQ_TEST_ERRNO", "ENOSYS")],
+        Some(common::deny_rseq_enosys),
+    );
+    assert_child_passed("child_rseq_blocked", &out);
+}
+
+#[test]
+fn with_rseq_blocked_by_seccomp_eperm_we_fall_back() {
+    let out = run_child(
+        "child_rseq_blocked",
+        &[("RSEQ_TEST_ERRNO", "EPERM")],
+        Some(common::deny_rseq_eperm),
+    );
+    assert_child_passed("child_rseq_blocked", &out);
+}
+
+#[test]
+#[ignore = "run in a child by the with_rseq_blocked_by_seccomp_* tests"]
+fn child_rseq_blocked() {
+    let errno = match std::env::var("RSEQ_TEST_ERRNO").as_deref() {
+        Ok("ENOSYS") => libc::ENOSYS,
+        Ok("EPERM") => libc::EPERM,
+        other => panic!("RSEQ_TEST_ERRNO not set by the parent: {other:?}"),
+    };
+    assert_eq!(
+        rseq_sys::glibc_rseq_size(),
+        0,
+        "glibc's own registration must have failed too"
+    );
+    for status in [
+        rseq_sys::status(),
+        std::thread::spawn(rseq_sys::status).join().unwrap(),
+    ] {
+        assert_eq!(status.owner, Owner::None);
+        assert_eq!(status.reason, Some(Unavailable::Errno(errno)));
+        assert_eq!(status.kernel_size, 0);
+    }
+    assert!(rseq_sys::current().is_none(), "no sequences without rseq");
+    assert_eq!(rseq_sys::kernel_size(), 0);
+    assert_eq!(rseq_sys::current_node(), None);
+    assert_eq!(rseq_sys::current_mm_cid(), None);
+    // The process keeps working: CPU ids come from sched_getcpu, threads run.
+    let cpus: Vec<Option<u32>> = (0..8)
+        .map(|_| std::thread::spawn(rseq_sys::current_cpu).join().unwrap())
+        .collect();
+    assert!(
+        cpus.iter()
+            .all(|c| c.is_some_and(|c| c < rseq_sys::possible_cpus())),
+        "{cpus:?}"
+    );
+}
