@@ -1,1 +1,18 @@
-//! placeholder
+//! Lock-free per-CPU data structures for Linux, built on restartable sequences (rseq).
+//!
+//! - [`counter`]: [`Counter`] and [`CounterGroup`], per-CPU statistics counters.
+//! - [`mode`]: which path the current thread takes ([`mode()`]): rseq sequences, or the atomic
+//!   fallback used when the thread has no rseq or `PERCPU_FORCE_FALLBACK=1` is set.
+//!
+//! Every structure works unchanged without rseq (old kernels, seccomp, valgrind, emulators): it
+//! falls back to atomics per thread, and stays exact when threads of both kinds share it.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod counter;
+pub mod mode;
+mod storage;
+
+pub use counter::{Counter, CounterGroup, CounterName, Snapshot};
+pub use mode::{FallbackReason, Mode, forced_fallback, mode};

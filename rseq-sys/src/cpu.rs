@@ -44,12 +44,17 @@ static POSSIBLE_CPUS: AtomicU32 = AtomicU32::new(0);
 ///
 /// This, not the online or affinity count, sizes per-CPU arrays: CPU ids can be sparse (cpusets,
 /// hotplug) and exceed the number of CPUs a process may use. mm_cid values are below it too.
-/// Cached after the first call.
+/// Cached after the first call, so it is cheap enough for fast paths.
+#[inline]
 pub fn possible_cpus() -> u32 {
-    let cached = POSSIBLE_CPUS.load(Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
+    match POSSIBLE_CPUS.load(Ordering::Relaxed) {
+        0 => possible_cpus_slow(),
+        n => n,
     }
+}
+
+#[cold]
+fn possible_cpus_slow() -> u32 {
     let n = read_possible_cpus().unwrap_or_else(sysconf_cpus).max(1);
     POSSIBLE_CPUS.store(n, Ordering::Relaxed);
     n

@@ -216,18 +216,34 @@ impl Current {
     }
 }
 
-/// The registration state of one thread.
+/// Why a thread has no registration yet, or at all.
 #[derive(Clone, Copy)]
-enum ThreadState {
+enum NotRegistered {
     Unknown,
     /// Registration is running on this thread; a re-entrant caller gets `None` (not cached).
     Registering,
-    Registered(Current),
     Unavailable(Unavailable),
 }
 
+/// One thread's registration, laid out for the fast path: a non-null `area` means registered,
+/// so [`current`] is one TLS load and a test, with no enum to decode.
+struct ThreadRseq {
+    area: Cell<*mut Rseq>,
+    kernel_size: Cell<u32>,
+    owner: Cell<Owner>,
+    /// Meaningful only while `area` is null.
+    not_registered: Cell<NotRegistered>,
+}
+
 thread_local! {
-    static STATE: Cell<ThreadState> = const { Cell::new(ThreadState::Unknown) };
+    static THREAD: ThreadRseq = const {
+        ThreadRseq {
+            area: Cell::new(ptr::null_mut()),
+            kernel_size: Cell::new(0),
+            owner: Cell::new(Owner::None),
+            not_registered: Cell::new(NotRegistered::Unknown),
+        }
+    };
     static OWN_AREA: OwnArea = const { OwnArea(UnsafeCell::new([0; OWN_AREA_SIZE])) };
 }
 
@@ -244,28 +260,49 @@ const _: () = assert!(core::mem::align_of::<OwnArea>() == OWN_AREA_ALIGN);
 /// The current thread's registration, registering on first use.
 ///
 /// `None` when the thread has no rseq (or while its registration is in progress, for a
-/// re-entrant caller). This is the fast path: one TLS load and a compare once registered.
+/// re-entrant caller). This is the fast path: one TLS load and a test once registered.
 #[inline]
 pub fn current() -> Option<Current> {
-    match STATE.with(Cell::get) {
-        ThreadState::Registered(current) => Some(current),
-        ThreadState::Unknown => current_slow(),
-        ThreadState::Registering | ThreadState::Unavailable(_) => None,
-    }
+    THREAD.with(|t| match NonNull::new(t.area.get()) {
+        Some(area) => Some(Current {
+            area,
+            kernel_size: t.kernel_size.get(),
+            owner: t.owner.get(),
+            _not_send: PhantomData,
+        }),
+        None => current_slow(t),
+    })
 }
 
 #[cold]
 #[inline(never)]
-fn current_slow() -> Option<Current> {
-    STATE.with(|state| {
-        state.set(ThreadState::Registering);
-        let result = register_thread();
-        state.set(match result {
-            Ok(current) => ThreadState::Registered(current),
-            Err(why) => ThreadState::Unavailable(why),
-        });
-        result.ok()
-    })
+fn current_slow(t: &ThreadRseq) -> Option<Current> {
+    if !matches!(t.not_registered.get(), NotRegistered::Unknown) {
+        return None;
+    }
+    t.not_registered.set(NotRegistered::Registering);
+    match register_thread() {
+        Ok(current) => {
+            t.kernel_size.set(current.kernel_size);
+            t.owner.set(current.owner);
+            t.area.set(current.area.as_ptr());
+            Some(current)
+        }
+        Err(why) => {
+            t.not_registered.set(NotRegistered::Unavailable(why));
+            None
+        }
+    }
+}
+
+/// Marks the current thread as having no rseq, for `why`.
+fn set_unavailable(why: Unavailable) {
+    THREAD.with(|t| {
+        t.area.set(ptr::null_mut());
+        t.kernel_size.set(0);
+        t.owner.set(Owner::None);
+        t.not_registered.set(NotRegistered::Unavailable(why));
+    });
 }
 
 /// This thread's registration status, registering on first use.
@@ -282,13 +319,13 @@ pub struct Status {
 /// The current thread's [`Status`].
 pub fn status() -> Status {
     let registered = current();
-    match (registered, STATE.with(Cell::get)) {
+    match (registered, THREAD.with(|t| t.not_registered.get())) {
         (Some(c), _) => Status {
             owner: c.owner,
             reason: None,
             kernel_size: c.kernel_size,
         },
-        (None, ThreadState::Unavailable(why)) => Status {
+        (None, NotRegistered::Unavailable(why)) => Status {
             owner: Owner::None,
             reason: Some(why),
             kernel_size: 0,
@@ -360,7 +397,7 @@ pub fn unregister_current_thread() -> Result<(), UnregisterError> {
     if rc != 0 {
         return Err(UnregisterError::Errno(errno()));
     }
-    STATE.with(|s| s.set(ThreadState::Unavailable(Unavailable::Unregistered)));
+    set_unavailable(Unavailable::Unregistered);
     Ok(())
 }
 
