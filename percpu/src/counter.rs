@@ -30,12 +30,18 @@ use core::marker::PhantomData;
 use core::ptr;
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
 
-use crate::mode::rseq_path;
+use crate::mode::{forced_fallback, rseq_path_unforced};
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
 
 /// `N` per-CPU counters in one region: the engine under [`Counter`] and [`CounterGroup`].
 struct RawCounters<const N: usize> {
     region: AtomicPtr<u8>,
+    /// Possible CPUs when the region was mapped; beside `region` so the fast path reads both
+    /// from one cache line (a static in another crate costs an extra GOT load).
+    cpus: AtomicUsize,
+    /// Indices below this take the rseq path: `cpus`, or 0 under `PERCPU_FORCE_FALLBACK=1`, so
+    /// the fast path's bounds check doubles as the force check at no cost.
+    rseq_cpus: AtomicUsize,
     /// Per counter: the sum at the last [`RawCounters::take`].
     baselines: [AtomicI64; N],
     /// Per counter: adds made while the region could not be mapped (out of memory).
@@ -49,6 +55,8 @@ impl<const N: usize> RawCounters<N> {
         assert!(N > 0, "a counter group needs at least one counter");
         RawCounters {
             region: AtomicPtr::new(ptr::null_mut()),
+            cpus: AtomicUsize::new(0),
+            rseq_cpus: AtomicUsize::new(0),
             baselines: [const { AtomicI64::new(0) }; N],
             spill: [const { AtomicI64::new(0) }; N],
         }
@@ -65,12 +73,13 @@ impl<const N: usize> RawCounters<N> {
         if region.is_null() {
             return self.add_cold(counter, value);
         }
-        let cpus = rseq_sys::possible_cpus() as usize;
-        if let Some((seq, index)) = rseq_path() {
+        let rseq_cpus = self.rseq_cpus.load(Ordering::Relaxed);
+        if let Some((seq, index)) = rseq_path_unforced() {
             loop {
                 let id = seq.current().index(index) as usize;
-                if id >= cpus {
-                    break; // An id the kernel should never report: stay exact on the fallback.
+                if id >= rseq_cpus {
+                    // Forced fallback, or an id the kernel should never report: stay exact.
+                    break;
                 }
                 // SAFETY: `id < cpus` and `counter < N`, so the slot is inside the rseq blocks.
                 let slot = unsafe { region.add(id * Self::BLOCK + counter * 8) }.cast::<i64>();
@@ -81,6 +90,7 @@ impl<const N: usize> RawCounters<N> {
                 }
             }
         }
+        let cpus = self.cpus.load(Ordering::Relaxed);
         self.fallback_slot(region, cpus, fallback_shard(cpus), counter)
             .fetch_add(value, Ordering::Relaxed);
     }
@@ -122,6 +132,10 @@ impl<const N: usize> RawCounters<N> {
         }
         let cpus = rseq_sys::possible_cpus() as usize;
         let mapping = Mapping::new(Self::region_len(cpus))?;
+        // Every mapper stores the same values, before the Release that publishes the region.
+        self.cpus.store(cpus, Ordering::Relaxed);
+        let rseq_cpus = if forced_fallback() { 0 } else { cpus };
+        self.rseq_cpus.store(rseq_cpus, Ordering::Relaxed);
         match self.region.compare_exchange(
             ptr::null_mut(),
             mapping.as_ptr(),
@@ -145,7 +159,7 @@ impl<const N: usize> RawCounters<N> {
         if region.is_null() {
             return;
         }
-        let cpus = rseq_sys::possible_cpus() as usize;
+        let cpus = self.cpus.load(Ordering::Relaxed);
         for block in 0..2 * cpus {
             for counter in 0..N {
                 // SAFETY: inside the region; rseq slots are read atomically (their writers'
@@ -175,7 +189,7 @@ impl<const N: usize> Drop for RawCounters<N> {
     fn drop(&mut self) {
         let region = *self.region.get_mut();
         if !region.is_null() {
-            let len = Self::region_len(rseq_sys::possible_cpus() as usize);
+            let len = Self::region_len(*self.cpus.get_mut());
             // SAFETY: the region was mapped with this length and nothing can use it after drop.
             unsafe { libc::munmap(region.cast(), len) };
         }
@@ -448,7 +462,7 @@ mod tests {
         let c = Counter::new();
         c.inc();
         let region = c.raw.map_region().unwrap();
-        let cpus = rseq_sys::possible_cpus() as usize;
+        let cpus = c.raw.cpus.load(Ordering::Relaxed);
         c.raw
             .fallback_slot(region, cpus, 0, 0)
             .fetch_add(10, Ordering::Relaxed);

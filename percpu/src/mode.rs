@@ -71,10 +71,18 @@ pub fn mode() -> Mode {
 /// The sequences and index for the current thread, or `None` for the fallback path.
 /// This is every structure's fast-path check: a static load, a TLS load and a compare.
 #[inline(always)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn rseq_path() -> Option<(Sequences, Index)> {
     if forced_fallback() {
         return None;
     }
+    rseq_path_unforced()
+}
+
+/// [`rseq_path`] without the `PERCPU_FORCE_FALLBACK` check, for structures that fold that check
+/// into one they make anyway.
+#[inline(always)]
+pub(crate) fn rseq_path_unforced() -> Option<(Sequences, Index)> {
     let current = rseq_sys::current()?;
     Some((current.sequences()?, Index::best(current.kernel_size())))
 }

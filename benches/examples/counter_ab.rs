@@ -1,0 +1,45 @@
+//! A/B of `percpu::Counter::inc` against rseq-sys's raw per-CPU add on one thread, alternating
+//! rounds so machine drift hits both equally. Prints the median ns/op of each and the ratio.
+//! `cargo run --release -p percpu-benches --example counter_ab [ROUNDS] [OPS]`
+
+use std::time::Instant;
+
+use percpu_benches::RawRseqSlots;
+
+fn time(ops: u64, mut op: impl FnMut()) -> f64 {
+    let t0 = Instant::now();
+    for _ in 0..ops {
+        op();
+    }
+    t0.elapsed().as_nanos() as f64 / ops as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<u64>().expect("a number"));
+    let rounds = args.next().unwrap_or(11);
+    let ops = args.next().unwrap_or(50_000_000);
+    let counter = percpu::Counter::new();
+    let raw = RawRseqSlots::new();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        a.push(time(ops, || counter.inc()));
+        b.push(time(ops, || raw.inc()));
+    }
+    assert_eq!(
+        counter.sum() as u64,
+        rounds * ops,
+        "counter lost increments"
+    );
+    let (a, b) = (median(a), median(b));
+    println!("mode: {}", percpu::mode());
+    println!("percpu::Counter::inc  {a:.3} ns/op");
+    println!("rseq-sys raw add      {b:.3} ns/op");
+    println!("ratio                 {:.3}×", a / b);
+}
