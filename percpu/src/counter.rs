@@ -446,6 +446,20 @@ impl<K: CounterName + fmt::Debug, const N: usize> fmt::Debug for Snapshot<K, N> 
     }
 }
 
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Counter>();
+    #[derive(Clone, Copy)]
+    struct Name;
+    impl CounterName for Name {
+        const ALL: &'static [Self] = &[Name];
+        fn index(self) -> usize {
+            0
+        }
+    }
+    send_sync::<CounterGroup<Name, 1>>();
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
