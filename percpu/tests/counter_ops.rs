@@ -7,7 +7,7 @@ mod ops {
     pub mod counter;
 }
 
-use common::{Rng, assert_child_passed, run_child};
+use common::{Rng, assert_child_passed, run_child, scaled};
 
 fn corpus(seed: u64, inputs: usize) -> impl Iterator<Item = Vec<u8>> {
     let mut rng = Rng::new(seed);
@@ -18,8 +18,9 @@ fn corpus(seed: u64, inputs: usize) -> impl Iterator<Item = Vec<u8>> {
 }
 
 fn run_corpus() {
+    let inputs = scaled(1500);
     let mut ops_run = 0;
-    for input in corpus(0x5eed, 1500) {
+    for input in corpus(0x5eed, inputs) {
         let ops = ops::counter::decode(&input);
         ops_run += ops.len();
         ops::counter::run(&ops);

@@ -71,7 +71,7 @@ fn run(plan: Plan, counter: &Counter, group: &CounterGroup<Stat, 3>) -> Outcome 
                     let mode = percpu::mode();
                     let mut rng = Rng::new(t as u64 + 7);
                     let (mut model, mut group_model) = (0i64, [0i64; 3]);
-                    for i in 0..ADDS_PER_THREAD {
+                    for i in 0..scaled(ADDS_PER_THREAD) {
                         let value = rng.below(2001) as i64 - 1000;
                         counter.add(value);
                         model += value;

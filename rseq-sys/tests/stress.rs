@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Rng, SignalStorm, Slots, allowed_cpus, set_affinity, stress_threads};
+use common::{Rng, SignalStorm, Slots, allowed_cpus, scaled, set_affinity, stress_threads};
 use rseq_sys::Index;
 
 const ADDS_PER_THREAD: usize = 400_000;
@@ -31,7 +31,7 @@ fn stress(index: Index, threads: usize, pin_to: Option<usize>) -> Report {
                         set_affinity(&[cpu]);
                     }
                     let (mut model, mut aborts) = (0i64, 0u64);
-                    for i in 0..ADDS_PER_THREAD {
+                    for i in 0..scaled(ADDS_PER_THREAD) {
                         let value = rng.below(2001) as i64 - 1000;
                         aborts += slots.add(index, value);
                         model += value;

@@ -294,3 +294,10 @@ impl Slots {
         self.0.iter_mut().map(|p| *p.0.get_mut()).sum()
     }
 }
+
+/// `n` divided by `PERCPU_TEST_SCALE` (default 1): emulated runs (`ci/qemu.sh`) do fewer
+/// iterations; every assertion stays as it is.
+pub fn scaled(n: usize) -> usize {
+    let scale = std::env::var("PERCPU_TEST_SCALE").ok().and_then(|s| s.parse::<usize>().ok());
+    (n / scale.unwrap_or(1).max(1)).max(1)
+}
