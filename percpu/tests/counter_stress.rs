@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    Rng, SignalStorm, allowed_cpus, assert_child_passed, run_child, set_affinity, stress_threads,
+    Rng, SignalStorm, allowed_cpus, assert_child_passed, run_child, scaled, set_affinity,
+    stress_threads,
 };
 use percpu::{Counter, CounterGroup, CounterName, FallbackReason, Mode};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -298,6 +298,8 @@ impl Slots {
 /// `n` divided by `PERCPU_TEST_SCALE` (default 1): emulated runs (`ci/qemu.sh`) do fewer
 /// iterations; every assertion stays as it is.
 pub fn scaled(n: usize) -> usize {
-    let scale = std::env::var("PERCPU_TEST_SCALE").ok().and_then(|s| s.parse::<usize>().ok());
+    let scale = std::env::var("PERCPU_TEST_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok());
     (n / scale.unwrap_or(1).max(1)).max(1)
 }
