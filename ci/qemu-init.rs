@@ -5,7 +5,7 @@
 //!
 //! Built with plain `rustc` (no dependencies) as a static binary for each target.
 
-use std::ffi::CString;
+use std::ffi::{CString, c_char};
 use std::process::Command;
 
 fn mount(source: &str, target: &str, fstype: &str) {
@@ -16,12 +16,30 @@ fn mount(source: &str, target: &str, fstype: &str) {
         CString::new(fstype).unwrap(),
     );
     unsafe extern "C" {
-        fn mount(s: *const i8, t: *const i8, f: *const i8, flags: u64, data: *const u8) -> i32;
+        fn mount(s: *const c_char, t: *const c_char, f: *const c_char, flags: u64, data: *const u8) -> i32;
     }
     // SAFETY: NUL-terminated strings that outlive the call; no mount data.
     if unsafe { mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) } != 0 {
         println!("QEMU-INIT: mount {target} failed: {}", std::io::Error::last_os_error());
     }
+}
+
+/// What regime this VM gives the tests: the kernel's rseq auxv entries and glibc's view.
+fn print_rseq_facts() {
+    unsafe extern "C" {
+        fn getauxval(key: u64) -> u64;
+        static __rseq_size: u32;
+    }
+    // SAFETY: getauxval has no preconditions; `__rseq_size` is a constant set by glibc's
+    // start-up code (this binary is static, linked against glibc >= 2.35).
+    let (feature_size, align, glibc) = unsafe { (getauxval(27), getauxval(28), __rseq_size) };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "QEMU-INIT: Linux {}, AT_RSEQ_FEATURE_SIZE={feature_size} AT_RSEQ_ALIGN={align} \
+         glibc __rseq_size={glibc}, {} CPUs",
+        release.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 }
 
 fn power_off() -> ! {
@@ -44,6 +62,7 @@ fn main() {
     mount("sysfs", "/sys", "sysfs");
     mount("devtmpfs", "/dev", "devtmpfs");
     mount("tmpfs", "/tmp", "tmpfs");
+    print_rseq_facts();
     let list = std::fs::read_to_string("/tests/list").unwrap_or_default();
     let scale = std::fs::read_to_string("/tests/scale").unwrap_or_else(|_| "1".into());
     let (mut passed, mut failed) = (0, 0);

@@ -12,6 +12,7 @@
 # PERCPU_TEST_SCALE (8: stress iteration counts are divided by it; assertions are unchanged),
 # QEMU_WORK (target/qemu).
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 root=$PWD
 work=${QEMU_WORK:-$root/target/qemu}

@@ -262,3 +262,83 @@ fn a_wrong_signature_kills_the_process_with_sigsegv() {
         "child should die of SIGSEGV, status {status:#x}"
     );
 }
+
+static USR1_HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn count_usr1(_: libc::c_int) {
+    USR1_HANDLED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Asynchronous signals (not only synchronous traps) landing inside a critical section must
+/// abort it, and an aborted sequence must not commit. The section spins long enough that some of
+/// a steady stream of signals land inside it, on any machine and under emulation.
+#[test]
+fn signals_landing_inside_a_long_critical_section_abort_it() {
+    // SAFETY: a zeroed sigaction with a plain, async-signal-safe handler.
+    unsafe {
+        let mut action: libc::sigaction = core::mem::zeroed();
+        action.sa_sigaction = count_usr1 as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, core::ptr::null_mut()),
+            0
+        );
+    }
+    const ATTEMPTS: u64 = 300;
+    const VALUE: i64 = 3;
+    let tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (tid, done) = (tid.clone(), done.clone());
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+            let mut slot = 0i64;
+            let (mut commits, mut aborts) = (0i64, 0u64);
+            for _ in 0..ATTEMPTS {
+                let current = current().expect("rseq works here");
+                let area = current.area().as_ptr();
+                // SAFETY: our own registration and a local slot.
+                let code = unsafe {
+                    let id = area
+                        .cast::<u8>()
+                        .add(Index::CpuId.field_offset())
+                        .cast::<u32>();
+                    let expected = current.index(Index::CpuId);
+                    crate::arch::testing::spin_then_add(
+                        area, id, expected, &mut slot, VALUE, 200_000,
+                    )
+                };
+                match code {
+                    crate::seq::COMMITTED => commits += 1,
+                    crate::seq::ABORTED => aborts += 1,
+                    other => panic!("unexpected result code {other}"),
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            (slot, commits, aborts)
+        })
+    };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut sent = 0;
+    while !done.load(Ordering::Relaxed) {
+        let target = tid.load(Ordering::Relaxed);
+        // SAFETY: signalling our own worker thread, which has a SIGUSR1 handler.
+        if target != 0
+            && unsafe { libc::syscall(libc::SYS_tgkill, pid, target, libc::SIGUSR1) } == 0
+        {
+            sent += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let (slot, commits, aborts) = worker.join().unwrap();
+    assert_eq!(slot, commits * VALUE, "an aborted sequence committed");
+    assert!(
+        aborts > 0,
+        "none of {ATTEMPTS} long sequences aborted although {sent} signals were sent \
+         ({} handled)",
+        USR1_HANDLED.load(Ordering::Relaxed)
+    );
+}

@@ -6,24 +6,31 @@ mod common;
 
 use common::{Rng, SignalStorm, Slots, allowed_cpus, scaled, set_affinity, stress_threads};
 use rseq_sys::Index;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const ADDS_PER_THREAD: usize = 400_000;
+/// How long a run without any abort keeps going before the power check fails.
+const ABORT_SEARCH: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Report {
     total: i64,
     expected: i64,
     aborts: u64,
     signals: u64,
+    adds: u64,
+    handled: u64,
 }
 
 fn stress(index: Index, threads: usize, pin_to: Option<usize>) -> Report {
     let allowed = allowed_cpus();
     let storm = SignalStorm::start(threads);
     let slots = Slots::new();
-    let (expected, aborts) = std::thread::scope(|s| {
+    let seen_aborts = AtomicU64::new(0);
+    let (expected, aborts, adds) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 let (slots, allowed, storm) = (&slots, &allowed, storm.handle());
+                let seen_aborts = &seen_aborts;
                 s.spawn(move || {
                     storm.enlist(t);
                     let mut rng = Rng::new(t as u64 + 1);
@@ -31,9 +38,23 @@ fn stress(index: Index, threads: usize, pin_to: Option<usize>) -> Report {
                         set_affinity(&[cpu]);
                     }
                     let (mut model, mut aborts) = (0i64, 0u64);
-                    for i in 0..scaled(ADDS_PER_THREAD) {
+                    let min = scaled(ADDS_PER_THREAD);
+                    let started = std::time::Instant::now();
+                    let mut i = 0;
+                    // At least `min` adds; past that, keep going (for up to 30 s) until some
+                    // sequence has aborted, so the power check below is not left to luck where
+                    // preemption rarely lands inside a sequence (emulators).
+                    while i < min
+                        || (seen_aborts.load(Ordering::Relaxed) == 0
+                            && (i % 1024 != 0 || started.elapsed() < ABORT_SEARCH))
+                    {
+                        i += 1;
                         let value = rng.below(2001) as i64 - 1000;
-                        aborts += slots.add(index, value);
+                        let a = slots.add(index, value);
+                        if a > 0 {
+                            aborts += a;
+                            seen_aborts.fetch_add(a, Ordering::Relaxed);
+                        }
                         model += value;
                         if i % 997 == 0 {
                             std::thread::yield_now();
@@ -43,14 +64,16 @@ fn stress(index: Index, threads: usize, pin_to: Option<usize>) -> Report {
                         }
                     }
                     storm.leave(t);
-                    (model, aborts)
+                    (model, aborts, i as u64)
                 })
             })
             .collect();
         workers
             .into_iter()
             .map(|w| w.join().unwrap())
-            .fold((0, 0), |(m, a), (wm, wa)| (m + wm, a + wa))
+            .fold((0, 0, 0), |(m, a, n), (wm, wa, wn)| {
+                (m + wm, a + wa, n + wn)
+            })
     });
     let signals = storm.finish();
     let mut slots = slots;
@@ -59,6 +82,8 @@ fn stress(index: Index, threads: usize, pin_to: Option<usize>) -> Report {
         expected,
         aborts,
         signals,
+        adds,
+        handled: common::SIGNALS_HANDLED.load(Ordering::Relaxed),
     }
 }
 
@@ -70,7 +95,11 @@ fn check(index: Index, report: Report) {
     assert!(report.signals > 0, "the signal storm sent nothing");
     assert!(
         report.aborts > 0,
-        "{index:?}: no sequence aborted, so the abort path went untested"
+        "{index:?}: no sequence aborted in {} adds ({} signals sent, {} handled so far), \
+         so the abort path went untested",
+        report.adds,
+        report.signals,
+        report.handled
     );
 }
 

@@ -370,6 +370,38 @@ pub(crate) mod testing {
         res
     }
 
+    /// Spins `spins` times inside the critical section, then adds `value` to `*slot`: a window
+    /// long enough for an asynchronous signal or preemption to land inside it.
+    ///
+    /// # Safety
+    /// As for [`add`].
+    pub(crate) unsafe fn spin_then_add(
+        area: *mut crate::abi::Rseq,
+        id: *const u32,
+        expected: u32,
+        slot: *mut i64,
+        value: i64,
+        spins: u64,
+    ) -> u32 {
+        let res: u32;
+        // SAFETY: caller's contract; the loop stays inside the critical section.
+        unsafe {
+            asm!(
+                rseq_sequence!(body = ["9:", "subs {spins}, {spins}, #1", "b.ne 9b", "ldr {tmp}, [{slot}]", "add {tmp}, {tmp}, {value}", "str {tmp}, [{slot}]"]),
+                area = in(reg) area,
+                id = in(reg) id,
+                expected = in(reg) expected,
+                slot = in(reg) slot,
+                value = in(reg) value,
+                spins = inout(reg) spins.max(1) => _,
+                tmp = out(reg) _,
+                res = out(reg) res,
+                options(nostack),
+            );
+        }
+        res
+    }
+
     /// Like [`trap_then_store`] with a wrong signature: the kernel must kill with SIGSEGV.
     ///
     /// # Safety
