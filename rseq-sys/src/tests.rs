@@ -325,11 +325,10 @@ fn signals_landing_inside_a_long_critical_section_abort_it() {
     let mut sent = 0;
     while !done.load(Ordering::Relaxed) {
         let target = tid.load(Ordering::Relaxed);
-        // SAFETY: signalling our own worker thread, which has a SIGUSR1 handler.
-        if target != 0
-            && unsafe { libc::syscall(libc::SYS_tgkill, pid, target, libc::SIGUSR1) } == 0
-        {
-            sent += 1;
+        if target != 0 {
+            // SAFETY: signalling our own worker thread, which has a SIGUSR1 handler.
+            let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, target, libc::SIGUSR1) };
+            sent += usize::from(rc == 0);
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
