@@ -125,4 +125,5 @@ for arch in $arches; do
     esac
     run_vm "$arch" "$kernel_path" "$initrd" || status=1
 done
+say "ci/qemu.sh done in $SECONDS s"
 exit $status

@@ -83,7 +83,10 @@ impl<T> Outcome<T> {
         match code {
             COMMITTED => Outcome::Committed(value),
             COMPARE_FAILED => Outcome::CompareFailed,
-            _ => Outcome::Aborted,
+            code => {
+                debug_assert_eq!(code, ABORTED, "unknown sequence result code");
+                Outcome::Aborted
+            }
         }
     }
 }
