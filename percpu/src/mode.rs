@@ -68,21 +68,11 @@ pub fn mode() -> Mode {
     }
 }
 
-/// The sequences and index for the current thread, or `None` for the fallback path.
-/// This is every structure's fast-path check: a static load, a TLS load and a compare.
+/// The sequences and index for the current thread, or `None` when it has no rseq or no
+/// sequences. `PERCPU_FORCE_FALLBACK` is the caller's to honour: structures fold it into a check
+/// they make anyway (see `RawCounters::rseq_cpus`), keeping the fast path a TLS load and a test.
 #[inline(always)]
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn rseq_path() -> Option<(Sequences, Index)> {
-    if forced_fallback() {
-        return None;
-    }
-    rseq_path_unforced()
-}
-
-/// [`rseq_path`] without the `PERCPU_FORCE_FALLBACK` check, for structures that fold that check
-/// into one they make anyway.
-#[inline(always)]
-pub(crate) fn rseq_path_unforced() -> Option<(Sequences, Index)> {
     let current = rseq_sys::current()?;
     Some((current.sequences()?, Index::best(current.kernel_size())))
 }

@@ -192,67 +192,70 @@ extern "C" fn count_trap(_: libc::c_int) {
     TRAPS.fetch_add(1, Ordering::Relaxed);
 }
 
-fn install_sigtrap_handler() {
-    // SAFETY: a zeroed sigaction with a plain handler is valid; the handler is async-signal-safe.
+/// Installs `handler` for `signal` (with SA_RESTART).
+fn install_handler(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: a zeroed sigaction with a plain handler is valid; the handlers here only touch
+    // atomics, which is async-signal-safe.
     unsafe {
         let mut action: libc::sigaction = core::mem::zeroed();
-        action.sa_sigaction = count_trap as extern "C" fn(libc::c_int) as usize;
+        action.sa_sigaction = handler as usize;
+        action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
-        assert_eq!(
-            libc::sigaction(libc::SIGTRAP, &action, core::ptr::null_mut()),
-            0
-        );
+        assert_eq!(libc::sigaction(signal, &action, core::ptr::null_mut()), 0);
     }
 }
 
+/// The raw area, the cpu_id field and its current value, for the test-only sequences.
+fn raw_cpu_id_parts(current: crate::Current) -> (*mut crate::abi::Rseq, *const u32, u32) {
+    let area = current.area().as_ptr();
+    // SAFETY: the cpu_id field lies inside the registered area.
+    let id = unsafe { area.cast::<u8>().add(Index::CpuId.field_offset()) }.cast::<u32>();
+    (area, id, current.index(Index::CpuId))
+}
+
+/// How many times the trap tests try: an attempt whose index check fails (the thread migrated
+/// after reading its CPU) jumps to the abort label without reaching the trap, so it is retried.
+const TRAP_ATTEMPTS: usize = 1000;
+
 #[test]
 fn a_trap_inside_the_critical_section_ends_in_the_abort_handler() {
-    install_sigtrap_handler();
-    let before = TRAPS.load(Ordering::Relaxed);
-    let current = current().expect("rseq works here");
+    install_handler(libc::SIGTRAP, count_trap);
     let mut slot = 5i64;
-    let area = current.area().as_ptr();
-    // SAFETY: our own registration; the id field lies inside the area; `slot` is a local.
-    let code = unsafe {
-        let id = area
-            .cast::<u8>()
-            .add(Index::CpuId.field_offset())
-            .cast::<u32>();
-        crate::arch::testing::trap_then_store(area, id, current.index(Index::CpuId), &mut slot, 6)
-    };
-    assert_eq!(
-        code,
-        crate::seq::ABORTED,
-        "the kernel must resume at the abort handler"
-    );
-    assert_eq!(slot, 5, "the commit after the trap must not have run");
-    assert!(
-        TRAPS.load(Ordering::Relaxed) > before,
-        "the trap was delivered"
-    );
+    for _ in 0..TRAP_ATTEMPTS {
+        let before = TRAPS.load(Ordering::Relaxed);
+        let (area, id, expected) = raw_cpu_id_parts(current().expect("rseq works here"));
+        // SAFETY: our own registration and a local slot; the SIGTRAP handler is installed.
+        let code =
+            unsafe { crate::arch::testing::trap_then_store(area, id, expected, &mut slot, 6) };
+        assert_eq!(code, crate::seq::ABORTED, "the sequence must never commit");
+        assert_eq!(slot, 5, "the commit after the trap must not have run");
+        if TRAPS.load(Ordering::Relaxed) > before {
+            return; // The trap fired inside the section and the kernel resumed at the abort.
+        }
+    }
+    panic!("the trap never fired in {TRAP_ATTEMPTS} attempts");
 }
 
 #[test]
 fn a_wrong_signature_kills_the_process_with_sigsegv() {
-    let current = current().expect("rseq works here");
-    let area = current.area().as_ptr();
+    // Register (and find glibc's area) before forking: the child only inherits it.
+    current().expect("rseq works here");
     // SAFETY: fork in a test process; the child only calls async-signal-safe functions and the
     // sequence (no allocation, no locks) before `_exit`.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        install_sigtrap_handler();
+        install_handler(libc::SIGTRAP, count_trap);
         let mut slot = 0i64;
-        // SAFETY: the registration is inherited by the child; this is meant to kill it.
-        unsafe {
-            let id = area
-                .cast::<u8>()
-                .add(Index::CpuId.field_offset())
-                .cast::<u32>();
-            let expected = current.index(Index::CpuId);
-            let _ = crate::arch::testing::trap_with_bad_signature(area, id, expected, &mut slot, 1);
-            libc::_exit(0);
+        for _ in 0..TRAP_ATTEMPTS {
+            let (area, id, expected) = raw_cpu_id_parts(current().expect("inherited"));
+            // SAFETY: the registration is inherited by the child; this is meant to kill it.
+            let _ = unsafe {
+                crate::arch::testing::trap_with_bad_signature(area, id, expected, &mut slot, 1)
+            };
         }
+        // SAFETY: leaving the forked child without running the parent's atexit handlers.
+        unsafe { libc::_exit(0) };
     }
     let mut status = 0;
     // SAFETY: waiting for our own child.
@@ -274,17 +277,7 @@ extern "C" fn count_usr1(_: libc::c_int) {
 /// a steady stream of signals land inside it, on any machine and under emulation.
 #[test]
 fn signals_landing_inside_a_long_critical_section_abort_it() {
-    // SAFETY: a zeroed sigaction with a plain, async-signal-safe handler.
-    unsafe {
-        let mut action: libc::sigaction = core::mem::zeroed();
-        action.sa_sigaction = count_usr1 as extern "C" fn(libc::c_int) as usize;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR1, &action, core::ptr::null_mut()),
-            0
-        );
-    }
+    install_handler(libc::SIGUSR1, count_usr1);
     const ATTEMPTS: u64 = 300;
     const VALUE: i64 = 3;
     let tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
@@ -297,15 +290,9 @@ fn signals_landing_inside_a_long_critical_section_abort_it() {
             let mut slot = 0i64;
             let (mut commits, mut aborts) = (0i64, 0u64);
             for _ in 0..ATTEMPTS {
-                let current = current().expect("rseq works here");
-                let area = current.area().as_ptr();
+                let (area, id, expected) = raw_cpu_id_parts(current().expect("rseq works here"));
                 // SAFETY: our own registration and a local slot.
                 let code = unsafe {
-                    let id = area
-                        .cast::<u8>()
-                        .add(Index::CpuId.field_offset())
-                        .cast::<u32>();
-                    let expected = current.index(Index::CpuId);
                     crate::arch::testing::spin_then_add(
                         area, id, expected, &mut slot, VALUE, 200_000,
                     )
