@@ -30,7 +30,7 @@ use core::marker::PhantomData;
 use core::ptr;
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
 
-use crate::mode::{forced_fallback, rseq_path_unforced};
+use crate::mode::{forced_fallback, rseq_path};
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
 
 /// `N` per-CPU counters in one region: the engine under [`Counter`] and [`CounterGroup`].
@@ -74,7 +74,7 @@ impl<const N: usize> RawCounters<N> {
             return self.add_cold(counter, value);
         }
         let rseq_cpus = self.rseq_cpus.load(Ordering::Relaxed);
-        if let Some((seq, index)) = rseq_path_unforced() {
+        if let Some((seq, index)) = rseq_path() {
             loop {
                 let id = seq.current().index(index) as usize;
                 if id >= rseq_cpus {
@@ -485,11 +485,7 @@ mod tests {
             // SAFETY: reading rseq slots of a counter only this thread uses.
             .map(|cpu| unsafe { *region.add(cpu * RawCounters::<1>::BLOCK).cast::<i64>() })
             .sum();
-        let expect_rseq = if crate::mode::rseq_path().is_some() {
-            1
-        } else {
-            0
-        };
+        let expect_rseq = i64::from(matches!(crate::mode(), crate::Mode::Rseq { .. }));
         assert_eq!(rseq_total, expect_rseq);
     }
 
