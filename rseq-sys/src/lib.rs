@@ -8,6 +8,7 @@
 //! - [`registration`]: per-thread registration cooperating with glibc; [`current`],
 //!   [`kernel_size`], [`status`], [`unregister_current_thread`].
 //! - [`cpu`]: [`current_cpu`], [`current_node`], [`current_mm_cid`], [`possible_cpus`].
+//! - [`fence`]: [`fence_all_cpus`], to take per-CPU data away from in-flight sequences.
 //! - [`seq`]: [`Sequences`], one interface over the per-architecture asm (x86_64 and aarch64;
 //!   elsewhere [`HAS_SEQUENCES`] is false and [`Current::sequences`] is `None`).
 //!
@@ -31,6 +32,7 @@
 
 pub mod abi;
 pub mod cpu;
+pub mod fence;
 pub mod registration;
 pub mod seq;
 
@@ -55,11 +57,12 @@ mod arch;
 
 pub use arch::HAS_SEQUENCES;
 pub use cpu::{current_cpu, current_mm_cid, current_node, possible_cpus, sched_getcpu};
+pub use fence::{FenceError, FenceMethod, fence_all_cpus, membarrier_available};
 pub use registration::{
     Current, Owner, Status, Unavailable, UnregisterError, current, feature_align, feature_size,
     glibc_rseq_size, kernel_size, status, unregister_current_thread,
 };
-pub use seq::{Index, Outcome, Sequences};
+pub use seq::{Index, Outcome, STACK_LOCKED, Sequences};
 
 #[cfg(all(test, not(rseq_sys_no_sequences)))]
 mod tests;

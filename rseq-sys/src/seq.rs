@@ -19,6 +19,10 @@ use crate::abi;
 use crate::arch;
 use crate::registration::Current;
 
+/// The bit of an array stack's count that locks it against [`Sequences::stack_push`] and
+/// [`Sequences::stack_pop`].
+pub const STACK_LOCKED: usize = 1 << (usize::BITS - 1);
+
 /// Which `struct rseq` field indexes per-CPU data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Index {
@@ -245,6 +249,12 @@ impl Sequences {
     /// Array-stack push: `if *count < cap { slots[*count] = value; *count += 1 }`
     /// ([`Outcome::CompareFailed`] when full).
     ///
+    /// A count with its top bit set ([`STACK_LOCKED`]) reads as full here and as empty in
+    /// [`Self::stack_pop`], so another thread can take a stack away from the sequences: set the
+    /// bit atomically, fence with [`crate::fence_all_cpus`], check the bit survived (a sequence
+    /// may have committed over it before the fence), and the stack is its own until it stores a
+    /// new count.
+    ///
     /// # Safety
     /// As for [`Self::add`], for `count` and `slots[..cap]`.
     #[inline(always)]
@@ -273,8 +283,8 @@ impl Sequences {
         Outcome::from_code(code, ())
     }
 
-    /// Array-stack pop: `if *count > 0 { *count -= 1; return slots[*count] }`
-    /// ([`Outcome::CompareFailed`] when empty).
+    /// Array-stack pop: `if *count > 0 { *count -= 1; return slots[*count] }`, comparing as
+    /// signed ([`Outcome::CompareFailed`] when empty or locked, see [`Self::stack_push`]).
     ///
     /// # Safety
     /// As for [`Self::add`], for `count` and `slots[..*count]`.

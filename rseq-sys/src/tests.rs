@@ -266,6 +266,10 @@ fn a_wrong_signature_kills_the_process_with_sigsegv() {
     );
 }
 
+/// Held by tests that count aborts against a rate: they run one at a time, so another test's
+/// threads do not share their pinned CPU.
+static TIMING_SENSITIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 static USR1_HANDLED: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn count_usr1(_: libc::c_int) {
@@ -277,6 +281,7 @@ extern "C" fn count_usr1(_: libc::c_int) {
 /// a steady stream of signals land inside it, on any machine and under emulation.
 #[test]
 fn signals_landing_inside_a_long_critical_section_abort_it() {
+    let _alone = TIMING_SENSITIVE.lock().unwrap_or_else(|e| e.into_inner());
     install_handler(libc::SIGUSR1, count_usr1);
     const ATTEMPTS: u64 = 300;
     const VALUE: i64 = 3;
@@ -326,5 +331,113 @@ fn signals_landing_inside_a_long_critical_section_abort_it() {
         "none of {ATTEMPTS} long sequences aborted although {sent} signals were sent \
          ({} handled)",
         USR1_HANDLED.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn a_locked_stack_reads_as_full_and_empty() {
+    for index in indexes() {
+        let mut slots = [7usize; 4];
+        let mut count = 2 | crate::STACK_LOCKED;
+        // SAFETY: locals only this thread touches.
+        let pushed = retry(index, |s, e| unsafe {
+            s.stack_push(index, e, &mut count, slots.as_mut_ptr(), 4, 99)
+        });
+        // SAFETY: as above.
+        let popped = retry(index, |s, e| unsafe {
+            s.stack_pop(index, e, &mut count, slots.as_ptr())
+        });
+        assert_eq!(
+            (pushed, popped),
+            (Outcome::CompareFailed, Outcome::CompareFailed)
+        );
+        assert_eq!(
+            (count, slots),
+            (2 | crate::STACK_LOCKED, [7; 4]),
+            "nothing stored"
+        );
+    }
+}
+
+/// Pins the calling thread to `cpu` (modulo the CPUs it may use).
+fn pin_to(cpu: usize) {
+    let size = core::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: plain cpu_set_t manipulation with in-range CPU numbers.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = core::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut allowed), 0);
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        let mut one: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpus[cpu % cpus.len()], &mut one);
+        assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+    }
+}
+
+/// `fence_all_cpus` alone (no signals) must abort a sequence in flight on another CPU.
+#[test]
+fn fencing_all_cpus_aborts_a_sequence_in_flight() {
+    fence_aborts_sequences_in_flight(crate::fence_all_cpus);
+}
+
+/// The fallback fence (visiting every CPU) must do the same where membarrier is missing.
+#[test]
+fn visiting_every_cpu_aborts_a_sequence_in_flight() {
+    fence_aborts_sequences_in_flight(|| {
+        crate::fence::visit_cpus().map(|()| crate::FenceMethod::VisitedCpus)
+    });
+}
+
+fn fence_aborts_sequences_in_flight(fence: fn() -> Result<crate::FenceMethod, crate::FenceError>) {
+    let _alone = TIMING_SENSITIVE.lock().unwrap_or_else(|e| e.into_inner());
+    const FENCES: u64 = 200;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (done, started) = (done.clone(), started.clone());
+        std::thread::spawn(move || {
+            pin_to(0);
+            let mut slot = 0i64;
+            let (mut commits, mut aborts) = (0i64, 0u64);
+            started.store(true, Ordering::Relaxed);
+            while !done.load(Ordering::Relaxed) {
+                let (area, id, expected) = raw_cpu_id_parts(current().expect("rseq works here"));
+                // SAFETY: our own registration and a local slot.
+                let code = unsafe {
+                    crate::arch::testing::spin_then_add(area, id, expected, &mut slot, 1, 100_000)
+                };
+                if code == crate::seq::COMMITTED {
+                    commits += 1;
+                } else {
+                    aborts += 1;
+                }
+            }
+            (slot, commits, aborts)
+        })
+    };
+    while !started.load(Ordering::Relaxed) {
+        std::thread::yield_now();
+    }
+    // The fencing thread runs on another CPU, so it never preempts the worker itself.
+    let fencer = std::thread::spawn(move || {
+        pin_to(1);
+        let mut methods = Vec::new();
+        for _ in 0..FENCES {
+            methods.push(fence().expect("a fence is available here"));
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        methods
+    });
+    let methods = fencer.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    let (slot, commits, aborts) = worker.join().unwrap();
+    assert_eq!(slot, commits, "an aborted sequence committed");
+    // The worker is inside a sequence nearly all the time, so nearly every fence aborts one;
+    // without fences, preemption alone aborts a handful at most in this short window.
+    assert!(
+        aborts >= FENCES / 4,
+        "{FENCES} fences aborted only {aborts} sequences ({commits} commits), methods {:?}",
+        &methods[..1]
     );
 }

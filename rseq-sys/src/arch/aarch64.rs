@@ -317,7 +317,8 @@ pub(crate) unsafe fn stack_pop(
         asm!(
             rseq_sequence!(compare, body = [
                 "ldr {tmp}, [{count}]",
-                "cbz {tmp}, 8f",
+                "cmp {tmp}, #0",
+                "b.le 8f",
                 "sub {tmp}, {tmp}, #1",
                 "ldr {popped}, [{slots}, {tmp}, lsl #3]",
                 "str {tmp}, [{count}]",

@@ -320,7 +320,7 @@ pub(crate) unsafe fn stack_pop(
             rseq_sequence!(compare, body = [
                 "mov {tmp}, qword ptr [{count}]",
                 "test {tmp}, {tmp}",
-                "jz 8f",
+                "jle 8f",
                 "mov {popped}, qword ptr [{slots} + {tmp} * 8 - 8]",
                 "sub {tmp}, 1",
                 "mov qword ptr [{count}], {tmp}",
