@@ -1,6 +1,8 @@
 //! Lock-free per-CPU data structures for Linux, built on restartable sequences (rseq).
 //!
 //! - [`counter`]: [`Counter`] and [`CounterGroup`], per-CPU statistics counters.
+//! - [`freelist`]: [`RawFreeList`] of memory blocks, and the typed [`FreeList`] and [`Pool`]:
+//!   per-CPU array caches over a lock-free global level.
 //! - [`mode`]: which path the current thread takes ([`mode()`]): rseq sequences, or the atomic
 //!   fallback used when the thread has no rseq or `PERCPU_FORCE_FALLBACK=1` is set.
 //!
@@ -11,8 +13,10 @@
 #![warn(missing_docs)]
 
 pub mod counter;
+pub mod freelist;
 pub mod mode;
 mod storage;
 
 pub use counter::{Counter, CounterGroup, CounterName, Snapshot};
+pub use freelist::{FreeList, FreeListError, Pool, Pooled, RawFreeList};
 pub use mode::{FallbackReason, Mode, forced_fallback, mode};

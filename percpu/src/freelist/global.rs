@@ -1,0 +1,413 @@
+//! The global level: lock-free stacks of chains of slots, allocation-free and ABA-safe.
+//!
+//! Items (block addresses) sit in 32-byte slots, addressed by 32-bit indices, in chunks mapped
+//! on demand. A chain is a linked run of slots (`next`); its first slot records its length and
+//! the chain below it on a stack (`next_chain`). Two stacks of chains:
+//!
+//! - `full`: batches of items, each at most [`MAX_CHAIN`] long;
+//! - `free`: slots holding nothing, ready to carry items.
+//!
+//! Each stack's head is one `AtomicU64`: the first chain's index in the low half, a tag in the
+//! high half that every successful push and pop increments. A pop that read the head, was
+//! preempted while the same chain was popped and pushed back (ABA), fails its compare-exchange on
+//! the tag instead of installing a stale `next_chain`. Slots are never unmapped while the
+//! structure lives, so reading a stale slot is harmless; 2^32 head changes during one preemption
+//! would be needed to fool the tag.
+//!
+//! Everything here is plain atomics over `mmap`ed memory: no global allocator, no locks, so
+//! threads without rseq use it directly and a global allocator can build on it.
+
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::storage::Mapping;
+
+/// End of a chain or of a stack.
+const NIL: u32 = u32::MAX;
+const CHUNK_SHIFT: u32 = 12;
+const CHUNK_SLOTS: usize = 1 << CHUNK_SHIFT;
+/// Chunks of 4096 slots: up to 16 M items held at the global level.
+const MAX_CHUNKS: usize = 4096;
+/// Longest chain on the `full` stack: the most items one batch move carries.
+pub(crate) const MAX_CHAIN: usize = 64;
+
+#[repr(C, align(32))]
+struct Slot {
+    /// The block this slot carries (meaningless on the `free` stack).
+    item: AtomicUsize,
+    /// Next slot of the chain, or NIL.
+    next: AtomicU32,
+    /// Length of the chain starting here (first slots only).
+    len: AtomicU32,
+    /// The chain below on a stack (first slots only).
+    next_chain: AtomicU32,
+}
+
+const _: () = assert!(core::mem::size_of::<Slot>() == 32);
+
+/// A Treiber stack of chains with a tagged head.
+struct ChainStack {
+    head: CachePadded<AtomicU64>,
+}
+
+const fn pack(tag: u32, first: u32) -> u64 {
+    ((tag as u64) << 32) | first as u64
+}
+
+const fn first_of(head: u64) -> u32 {
+    head as u32
+}
+
+const fn tag_of(head: u64) -> u32 {
+    (head >> 32) as u32
+}
+
+/// Everything at the global level, in one zeroed mapping.
+#[repr(C)]
+struct Header {
+    full: ChainStack,
+    free: ChainStack,
+    chunks: [AtomicPtr<Slot>; MAX_CHUNKS],
+}
+
+/// The global level of a freelist.
+pub(crate) struct Global {
+    header: Mapping,
+}
+
+impl core::fmt::Debug for Global {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Global").finish_non_exhaustive()
+    }
+}
+
+impl Global {
+    /// Maps the header (chunks come later, on demand). `None` if the kernel refuses memory.
+    pub(crate) fn new() -> Option<Global> {
+        let header = Mapping::new(core::mem::size_of::<Header>())?;
+        let global = Global { header };
+        // Empty stacks are NIL; a zeroed head would name slot 0.
+        global.h().full.head.store(pack(0, NIL), Ordering::Relaxed);
+        global.h().free.head.store(pack(0, NIL), Ordering::Relaxed);
+        Some(global)
+    }
+
+    fn h(&self) -> &Header {
+        // SAFETY: the mapping is at least `size_of::<Header>()` bytes, page-aligned, zeroed
+        // (a valid Header: null chunks, atomics), and lives as long as `self`.
+        unsafe { &*self.header.as_ptr().cast::<Header>() }
+    }
+
+    fn slot(&self, index: u32) -> &Slot {
+        let chunk = self.h().chunks[(index >> CHUNK_SHIFT) as usize].load(Ordering::Acquire);
+        debug_assert!(!chunk.is_null(), "slot {index} in an unmapped chunk");
+        // SAFETY: indices reach callers only from stacks, whose chains were built from mapped
+        // chunks published (Release) before their slots were pushed; chunks stay mapped until
+        // drop, and the offset is below CHUNK_SLOTS.
+        unsafe { &*chunk.add(index as usize & (CHUNK_SLOTS - 1)) }
+    }
+
+    fn push_chain(&self, stack: &ChainStack, first: u32, len: u32) {
+        let slot = self.slot(first);
+        slot.len.store(len, Ordering::Relaxed);
+        let mut old = stack.head.load(Ordering::Relaxed);
+        loop {
+            slot.next_chain.store(first_of(old), Ordering::Relaxed);
+            let new = pack(tag_of(old).wrapping_add(1), first);
+            // Release: the chain's slots (items, links, length) are visible to its popper.
+            match stack
+                .head
+                .compare_exchange_weak(old, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(current) => old = current,
+            }
+        }
+    }
+
+    /// Pops a chain: `(first, len)`.
+    fn pop_chain(&self, stack: &ChainStack) -> Option<(u32, u32)> {
+        let mut old = stack.head.load(Ordering::Acquire);
+        loop {
+            let first = first_of(old);
+            if first == NIL {
+                return None;
+            }
+            // May be stale if `first` was popped and reused meanwhile; the tag then fails the
+            // exchange below.
+            let next = self.slot(first).next_chain.load(Ordering::Relaxed);
+            let new = pack(tag_of(old).wrapping_add(1), next);
+            match stack
+                .head
+                .compare_exchange_weak(old, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return Some((first, self.slot(first).len.load(Ordering::Relaxed))),
+                Err(current) => old = current,
+            }
+        }
+    }
+
+    /// The slot `steps` links after `from`.
+    fn walk(&self, mut from: u32, steps: u32) -> u32 {
+        for _ in 0..steps {
+            from = self.slot(from).next.load(Ordering::Relaxed);
+        }
+        from
+    }
+
+    /// Maps one more chunk and puts its slots on the free stack. `false` when the directory is
+    /// full or the kernel refuses memory.
+    fn grow(&self) -> bool {
+        for (chunk_index, entry) in self.h().chunks.iter().enumerate() {
+            if !entry.load(Ordering::Acquire).is_null() {
+                continue;
+            }
+            let Some(mapping) = Mapping::new(CHUNK_SLOTS * core::mem::size_of::<Slot>()) else {
+                return false;
+            };
+            let base = (chunk_index << CHUNK_SHIFT) as u32;
+            let slots = mapping.as_ptr().cast::<Slot>();
+            for i in 0..CHUNK_SLOTS {
+                let next = if i + 1 == CHUNK_SLOTS {
+                    NIL
+                } else {
+                    base + i as u32 + 1
+                };
+                // SAFETY: `i < CHUNK_SLOTS` inside a fresh, zeroed mapping of that many slots.
+                unsafe { (*slots.add(i)).next.store(next, Ordering::Relaxed) };
+            }
+            if entry
+                .compare_exchange(ptr::null_mut(), slots, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                core::mem::forget(mapping); // Unmapped in Drop.
+                self.push_chain(&self.h().free, base, CHUNK_SLOTS as u32);
+            }
+            // Lost the race: another thread grew this entry; our mapping is dropped. Either
+            // way there are more free slots now.
+            return true;
+        }
+        false
+    }
+
+    /// A chain of exactly `k` free slots, or `None` when no memory can be had.
+    fn take_slots(&self, k: u32) -> Option<u32> {
+        debug_assert!(k > 0);
+        let (mut first, mut last, mut have) = (NIL, NIL, 0u32);
+        while have < k {
+            let Some((chain, len)) = self.pop_chain(&self.h().free) else {
+                if self.grow() {
+                    continue;
+                }
+                if have > 0 {
+                    self.push_chain(&self.h().free, first, have);
+                }
+                return None;
+            };
+            let need = k - have;
+            let take = len.min(need);
+            let tail = self.walk(chain, take - 1);
+            if len > need {
+                let rest = self.slot(tail).next.load(Ordering::Relaxed);
+                self.push_chain(&self.h().free, rest, len - need);
+            }
+            self.slot(tail).next.store(NIL, Ordering::Relaxed);
+            if first == NIL {
+                first = chain;
+            } else {
+                self.slot(last).next.store(chain, Ordering::Relaxed);
+            }
+            last = tail;
+            have += take;
+        }
+        Some(first)
+    }
+
+    /// Publishes `items` (at most [`MAX_CHAIN`]) as one batch; hands them back if no slots can
+    /// be had.
+    pub(crate) fn push_items(&self, items: &[usize]) -> Result<(), ()> {
+        debug_assert!(!items.is_empty() && items.len() <= MAX_CHAIN);
+        let first = self.take_slots(items.len() as u32).ok_or(())?;
+        let mut at = first;
+        for &item in items {
+            let slot = self.slot(at);
+            slot.item.store(item, Ordering::Relaxed);
+            at = slot.next.load(Ordering::Relaxed);
+        }
+        self.push_chain(&self.h().full, first, items.len() as u32);
+        Ok(())
+    }
+
+    /// Reserves `k` slots for a later [`Self::fill_reserved`], so a caller can move items out of
+    /// a place they cannot go back to only once their destination is certain.
+    pub(crate) fn reserve(&self, k: usize) -> Option<Reserved> {
+        self.take_slots(k as u32).map(|first| Reserved {
+            first,
+            len: k as u32,
+        })
+    }
+
+    /// Publishes `items` into reserved slots (as many as were reserved at most); unused slots
+    /// go back to the free stack.
+    pub(crate) fn fill_reserved(&self, reserved: Reserved, items: &[usize]) {
+        let used = items.len() as u32;
+        debug_assert!(used <= reserved.len);
+        if used == 0 {
+            return self.push_chain(&self.h().free, reserved.first, reserved.len);
+        }
+        let tail = self.walk(reserved.first, used - 1);
+        if used < reserved.len {
+            let rest = self.slot(tail).next.load(Ordering::Relaxed);
+            self.slot(tail).next.store(NIL, Ordering::Relaxed);
+            self.push_chain(&self.h().free, rest, reserved.len - used);
+        }
+        let mut at = reserved.first;
+        for &item in items {
+            let slot = self.slot(at);
+            slot.item.store(item, Ordering::Relaxed);
+            at = slot.next.load(Ordering::Relaxed);
+        }
+        self.push_chain(&self.h().full, reserved.first, used);
+    }
+
+    /// Pops one batch into `out` (at least [`MAX_CHAIN`] long): how many items, and the batch's
+    /// slots, to be given back with [`Self::fill_reserved`] (with the items that must return to
+    /// the global level, or none), so putting items back never needs new memory.
+    pub(crate) fn take_batch(&self, out: &mut [usize]) -> Option<(usize, Reserved)> {
+        debug_assert!(out.len() >= MAX_CHAIN);
+        let (first, len) = self.pop_chain(&self.h().full)?;
+        let mut at = first;
+        for item in &mut out[..len as usize] {
+            let slot = self.slot(at);
+            *item = slot.item.load(Ordering::Relaxed);
+            at = slot.next.load(Ordering::Relaxed);
+        }
+        Some((len as usize, Reserved { first, len }))
+    }
+
+    /// Pops one item (the first of the top batch; the rest of the batch goes back).
+    pub(crate) fn pop_one(&self) -> Option<usize> {
+        let (first, len) = self.pop_chain(&self.h().full)?;
+        let slot = self.slot(first);
+        let item = slot.item.load(Ordering::Relaxed);
+        if len > 1 {
+            let rest = slot.next.load(Ordering::Relaxed);
+            self.push_chain(&self.h().full, rest, len - 1);
+        }
+        slot.next.store(NIL, Ordering::Relaxed);
+        self.push_chain(&self.h().free, first, 1);
+        Some(item)
+    }
+}
+
+/// Slots set aside by [`Global::reserve`]; must be given to [`Global::fill_reserved`].
+#[must_use]
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    first: u32,
+    len: u32,
+}
+
+impl Drop for Global {
+    fn drop(&mut self) {
+        for entry in &self.h().chunks {
+            let chunk = entry.load(Ordering::Relaxed);
+            if !chunk.is_null() {
+                // SAFETY: each chunk was mapped with exactly this length and nothing uses it
+                // once the global level is dropped.
+                unsafe { libc::munmap(chunk.cast(), CHUNK_SLOTS * core::mem::size_of::<Slot>()) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes a batch and releases its slots.
+    fn pop_batch(g: &Global, out: &mut [usize]) -> usize {
+        match g.take_batch(out) {
+            Some((n, slots)) => {
+                g.fill_reserved(slots, &[]);
+                n
+            }
+            None => 0,
+        }
+    }
+
+    #[test]
+    fn batches_come_back_whole_and_last_in_first_out() {
+        let g = Global::new().unwrap();
+        g.push_items(&[1, 2, 3]).unwrap();
+        g.push_items(&[4]).unwrap();
+        let mut out = [0usize; MAX_CHAIN];
+        assert_eq!(pop_batch(&g, &mut out), 1);
+        assert_eq!(out[0], 4);
+        assert_eq!(pop_batch(&g, &mut out), 3);
+        assert_eq!(&out[..3], &[1, 2, 3]);
+        assert_eq!(pop_batch(&g, &mut out), 0);
+    }
+
+    #[test]
+    fn pop_one_splits_a_batch() {
+        let g = Global::new().unwrap();
+        g.push_items(&[10, 11, 12]).unwrap();
+        assert_eq!(g.pop_one(), Some(10));
+        assert_eq!(g.pop_one(), Some(11));
+        assert_eq!(g.pop_one(), Some(12));
+        assert_eq!(g.pop_one(), None);
+    }
+
+    #[test]
+    fn reserved_slots_are_filled_or_returned() {
+        let g = Global::new().unwrap();
+        let r = g.reserve(5).unwrap();
+        g.fill_reserved(r, &[7, 8]);
+        let r = g.reserve(3).unwrap();
+        g.fill_reserved(r, &[]);
+        let mut out = [0usize; MAX_CHAIN];
+        let (n, slots) = g.take_batch(&mut out).unwrap();
+        assert_eq!(&out[..n], &[7, 8]);
+        // Put one back through the batch's own slots: no new memory needed.
+        g.fill_reserved(slots, &[8]);
+        assert_eq!(pop_batch(&g, &mut out), 1);
+        assert_eq!(out[0], 8);
+        assert_eq!(pop_batch(&g, &mut out), 0);
+    }
+
+    #[test]
+    fn slots_are_recycled_across_many_cycles_and_chunks() {
+        let g = Global::new().unwrap();
+        // More items than one chunk holds, then back: slots must be reused, not leaked.
+        let items: Vec<usize> = (1..=3 * CHUNK_SLOTS).collect();
+        for round in 0..3 {
+            for batch in items.chunks(MAX_CHAIN) {
+                g.push_items(batch).unwrap();
+            }
+            let mut seen = Vec::new();
+            let mut out = [0usize; MAX_CHAIN];
+            loop {
+                let n = pop_batch(&g, &mut out);
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&out[..n]);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, items, "round {round}");
+        }
+        let mapped = g
+            .h()
+            .chunks
+            .iter()
+            .filter(|c| !c.load(Ordering::Relaxed).is_null())
+            .count();
+        assert_eq!(
+            mapped, 3,
+            "three chunks cover 3 × 4096 items; later rounds reuse them"
+        );
+    }
+}

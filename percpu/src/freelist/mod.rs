@@ -1,0 +1,404 @@
+//! Per-CPU freelists: [`RawFreeList`] of memory blocks, and the typed [`FreeList`] and [`Pool`].
+//!
+//! # Shape
+//! Each CPU (or mm_cid) has a bounded array stack, tcmalloc-style: `count` and `capacity`
+//! slots on their own cache lines. Push and pop are single rseq sequences
+//! ([`rseq_sys::Sequences::stack_push`] / [`stack_pop`](rseq_sys::Sequences::stack_pop)): a
+//! load, a compare, a store of the item and a commit store of the count, no atomic
+//! read-modify-write and no shared cache line. Arrays rather than intrusive lists because a pop
+//! then touches only the cache's own lines, never the block (which may be cold), and because a
+//! batch of items can leave or join the cache without walking blocks.
+//!
+//! A push onto a full cache moves a batch (half the capacity, at most 64) to the shared global
+//! level; a pop from an empty cache takes a batch back. So a producer that only frees and a
+//! consumer that only allocates, on different CPUs, each pay one global operation per batch,
+//! not per item. The global level ([`global`]) is lock-free and allocation-free.
+//!
+//! # Without rseq
+//! Threads without rseq (or all threads under `PERCPU_FORCE_FALLBACK=1`) push and pop at the
+//! global level directly. They never write a per-CPU cache: a cache's commits are plain stores,
+//! which an atomic write from another CPU could be lost under. Threads of both kinds can share
+//! one freelist.
+//!
+//! # Draining
+//! Items parked in one CPU's cache are invisible to pops on other CPUs until
+//! [`RawFreeList::drain`] moves every cache to the global level. It locks each cache by setting
+//! the top bit of its count ([`rseq_sys::STACK_LOCKED`]: sequences then read the cache as full
+//! and empty), fences every CPU ([`rseq_sys::fence_all_cpus`]: membarrier, or visiting each CPU)
+//! so no sequence that read the old count can still commit, re-locks any cache a commit slipped
+//! past the lock, and then owns the caches until it stores their new counts.
+//!
+//! Nothing here calls the global allocator: caches and the global level live in `mmap`ed memory.
+
+pub(crate) mod global;
+mod typed;
+
+pub use typed::{FreeList, Pool, Pooled};
+
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use rseq_sys::{FenceMethod, Index, Outcome, STACK_LOCKED, Sequences};
+
+use crate::mode::{forced_fallback, rseq_path};
+use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
+use global::{Global, MAX_CHAIN};
+
+/// Per-CPU capacity when none is given.
+pub const DEFAULT_CAPACITY_PER_CPU: usize = 64;
+/// The largest per-CPU capacity accepted.
+pub const MAX_CAPACITY_PER_CPU: usize = 1 << 16;
+
+/// Why a freelist could not be created or drained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeListError {
+    /// Capacity per CPU must be in `1..=MAX_CAPACITY_PER_CPU`.
+    BadCapacity(usize),
+    /// The kernel refused memory for the caches or the global level.
+    OutOfMemory,
+    /// Draining could not fence other CPUs; the caches were left as they were.
+    Fence(rseq_sys::FenceError),
+}
+
+impl fmt::Display for FreeListError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreeListError::BadCapacity(n) => write!(
+                f,
+                "capacity per CPU must be between 1 and {MAX_CAPACITY_PER_CPU}, not {n}"
+            ),
+            FreeListError::OutOfMemory => f.write_str("out of memory for freelist storage"),
+            FreeListError::Fence(e) => write!(f, "drain failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FreeListError {}
+
+/// A per-CPU freelist of non-null addresses (memory blocks), safe to use from many threads.
+///
+/// It never reads or writes the blocks: any non-null address goes in and comes back out
+/// unchanged, exactly once. Ownership of what the address points to is the caller's business
+/// (see [`FreeList`] for a typed, owning layer).
+pub struct RawFreeList {
+    caches: Mapping,
+    /// Possible CPUs: caches exist for indices below this.
+    cpus: usize,
+    /// Indices below this use their cache: `cpus`, or 0 under `PERCPU_FORCE_FALLBACK=1`.
+    rseq_cpus: usize,
+    capacity: usize,
+    /// Bytes per cache: `[count, slots[capacity]]` rounded up to whole cache-line pairs.
+    cache_bytes: usize,
+    /// Items moved per overflow or refill.
+    batch: usize,
+    global: Global,
+}
+
+impl fmt::Debug for RawFreeList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawFreeList")
+            .field("capacity_per_cpu", &self.capacity)
+            .field("caches", &self.cpus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawFreeList {
+    /// An empty freelist holding up to `capacity_per_cpu` items in each CPU's cache (plus any
+    /// number at the global level).
+    pub fn new(capacity_per_cpu: usize) -> Result<RawFreeList, FreeListError> {
+        if !(1..=MAX_CAPACITY_PER_CPU).contains(&capacity_per_cpu) {
+            return Err(FreeListError::BadCapacity(capacity_per_cpu));
+        }
+        let cpus = rseq_sys::possible_cpus() as usize;
+        let cache_bytes = round_up((1 + capacity_per_cpu) * 8, CPU_BLOCK_ALIGN);
+        let caches = Mapping::new(cpus * cache_bytes).ok_or(FreeListError::OutOfMemory)?;
+        let global = Global::new().ok_or(FreeListError::OutOfMemory)?;
+        Ok(RawFreeList {
+            caches,
+            cpus,
+            rseq_cpus: if forced_fallback() { 0 } else { cpus },
+            capacity: capacity_per_cpu,
+            cache_bytes,
+            batch: (capacity_per_cpu / 2).clamp(1, MAX_CHAIN),
+            global,
+        })
+    }
+
+    /// The per-CPU capacity.
+    pub fn capacity_per_cpu(&self) -> usize {
+        self.capacity
+    }
+
+    /// `(count, slots)` of cache `id < cpus`.
+    #[inline(always)]
+    fn cache(&self, id: usize) -> (*mut usize, *mut usize) {
+        debug_assert!(id < self.cpus);
+        // SAFETY: `id < cpus`, so the cache lies inside the mapping.
+        let count = unsafe { self.caches.as_ptr().add(id * self.cache_bytes) }.cast::<usize>();
+        // SAFETY: the slots follow the count inside the same cache.
+        (count, unsafe { count.add(1) })
+    }
+
+    fn count(&self, id: usize) -> &AtomicUsize {
+        // SAFETY: the count is an aligned usize inside the mapping; other threads write it only
+        // with single aligned stores (commits), so atomic access is sound.
+        unsafe { AtomicUsize::from_ptr(self.cache(id).0) }
+    }
+
+    /// Adds `block`. Fails (handing it back) only when no memory can be had for the global level.
+    #[inline]
+    pub fn push(&self, block: NonNull<u8>) -> Result<(), NonNull<u8>> {
+        let item = block.as_ptr() as usize;
+        if let Some((seq, index)) = rseq_path() {
+            loop {
+                let id = seq.current().index(index) as usize;
+                if id >= self.rseq_cpus {
+                    break;
+                }
+                let (count, slots) = self.cache(id);
+                // SAFETY: the cache of `id`, written only by sequences on `id` (or by a drain
+                // that locked it first).
+                match unsafe { seq.stack_push(index, id as u32, count, slots, self.capacity, item) }
+                {
+                    Outcome::Committed(()) => return Ok(()),
+                    Outcome::Aborted => continue,
+                    Outcome::CompareFailed => {
+                        return self.push_overflow(seq, index, item).map_err(|()| block);
+                    }
+                }
+            }
+        }
+        self.global.push_items(&[item]).map_err(|()| block)
+    }
+
+    /// The cache is full (or locked by a drain): move `item` and a batch from the cache to the
+    /// global level, with the destination reserved first so nothing can be stranded.
+    #[cold]
+    fn push_overflow(&self, seq: Sequences, index: Index, item: usize) -> Result<(), ()> {
+        let reserved = self.global.reserve(self.batch).ok_or(())?;
+        let mut batch = [0usize; MAX_CHAIN];
+        batch[0] = item;
+        let mut n = 1;
+        while n < self.batch {
+            let id = seq.current().index(index) as usize;
+            if id >= self.rseq_cpus {
+                break;
+            }
+            let (count, slots) = self.cache(id);
+            // SAFETY: as in `push`.
+            match unsafe { seq.stack_pop(index, id as u32, count, slots) } {
+                Outcome::Committed(x) => {
+                    batch[n] = x;
+                    n += 1;
+                }
+                Outcome::Aborted => continue,
+                Outcome::CompareFailed => break,
+            }
+        }
+        self.global.fill_reserved(reserved, &batch[..n]);
+        Ok(())
+    }
+
+    /// Takes a block: from this CPU's cache, else a batch from the global level. `None` when both
+    /// are empty (blocks may still sit in other CPUs' caches: see [`Self::drain`]).
+    #[inline]
+    pub fn pop(&self) -> Option<NonNull<u8>> {
+        if let Some((seq, index)) = rseq_path() {
+            loop {
+                let id = seq.current().index(index) as usize;
+                if id >= self.rseq_cpus {
+                    break;
+                }
+                let (count, slots) = self.cache(id);
+                // SAFETY: as in `push`.
+                match unsafe { seq.stack_pop(index, id as u32, count, slots) } {
+                    Outcome::Committed(x) => return NonNull::new(x as *mut u8),
+                    Outcome::Aborted => continue,
+                    Outcome::CompareFailed => return self.refill(seq, index),
+                }
+            }
+        }
+        NonNull::new(self.global.pop_one()? as *mut u8)
+    }
+
+    /// The cache is empty (or locked): take a batch, keep one item for the caller, cache the rest;
+    /// what does not fit goes back into the batch's own slots.
+    #[cold]
+    fn refill(&self, seq: Sequences, index: Index) -> Option<NonNull<u8>> {
+        let mut batch = [0usize; MAX_CHAIN];
+        let (n, slots) = self.global.take_batch(&mut batch)?;
+        let mut unplaced = n; // batch[1..unplaced] still need a home
+        while unplaced > 1 {
+            let id = seq.current().index(index) as usize;
+            if id >= self.rseq_cpus {
+                break;
+            }
+            let (count, cache) = self.cache(id);
+            // SAFETY: as in `push`.
+            match unsafe {
+                seq.stack_push(
+                    index,
+                    id as u32,
+                    count,
+                    cache,
+                    self.capacity,
+                    batch[unplaced - 1],
+                )
+            } {
+                Outcome::Committed(()) => unplaced -= 1,
+                Outcome::Aborted => continue,
+                Outcome::CompareFailed => break,
+            }
+        }
+        self.global.fill_reserved(slots, &batch[1..unplaced]);
+        NonNull::new(batch[0] as *mut u8)
+    }
+
+    /// Moves every CPU's cache to the global level, so any thread's pops can reach every item.
+    /// Safe while other threads push and pop: they overflow and refill through the global level
+    /// while the caches are locked.
+    pub fn drain(&self) -> Result<FenceMethod, FreeListError> {
+        for id in 0..self.cpus {
+            self.count(id).fetch_or(STACK_LOCKED, Ordering::AcqRel);
+        }
+        let method = loop {
+            let method = match rseq_sys::fence_all_cpus() {
+                Ok(method) => method,
+                Err(e) => {
+                    for id in 0..self.cpus {
+                        self.count(id).fetch_and(!STACK_LOCKED, Ordering::AcqRel);
+                    }
+                    return Err(FreeListError::Fence(e));
+                }
+            };
+            // A sequence that read the count before the lock may have committed over it before
+            // the fence: lock again and fence again until every lock held through a fence.
+            let mut all_held = true;
+            for id in 0..self.cpus {
+                if self.count(id).load(Ordering::Acquire) & STACK_LOCKED == 0 {
+                    self.count(id).fetch_or(STACK_LOCKED, Ordering::AcqRel);
+                    all_held = false;
+                }
+            }
+            if all_held {
+                break method;
+            }
+        };
+        let mut result = Ok(method);
+        for id in 0..self.cpus {
+            // Ours now: every sequence fails on the locked count until the store below.
+            let mut n = self.count(id).load(Ordering::Acquire) & !STACK_LOCKED;
+            let slots = self.cache(id).1;
+            while n > 0 && result.is_ok() {
+                let take = n.min(MAX_CHAIN);
+                // SAFETY: the cache is locked, so slots[..n] are stable and ours to read.
+                let items = unsafe { core::slice::from_raw_parts(slots.add(n - take), take) };
+                match self.global.push_items(items) {
+                    Ok(()) => n -= take,
+                    Err(()) => result = Err(FreeListError::OutOfMemory),
+                }
+            }
+            self.count(id).store(n, Ordering::Release);
+        }
+        result
+    }
+
+    /// Hands every item to `f`, emptying the freelist: for `Drop`, where `&mut` proves no other
+    /// thread (and so no sequence) can touch it.
+    pub(crate) fn take_all(&mut self, mut f: impl FnMut(NonNull<u8>)) {
+        for id in 0..self.cpus {
+            let (count, slots) = self.cache(id);
+            // SAFETY: exclusive access; the count is at most the capacity (never locked here,
+            // since drains hold `&self` and have finished).
+            let n = unsafe { *count } & !STACK_LOCKED;
+            for i in 0..n.min(self.capacity) {
+                // SAFETY: `i < capacity`, inside the cache.
+                let item = unsafe { *slots.add(i) };
+                if let Some(block) = NonNull::new(item as *mut u8) {
+                    f(block);
+                }
+            }
+            // SAFETY: exclusive access.
+            unsafe { *count = 0 };
+        }
+        while let Some(item) = self.global.pop_one() {
+            if let Some(block) = NonNull::new(item as *mut u8) {
+                f(block);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(n: usize) -> NonNull<u8> {
+        NonNull::new((n * 16) as *mut u8).unwrap()
+    }
+
+    #[test]
+    fn bad_capacities_are_refused() {
+        assert_eq!(
+            RawFreeList::new(0).unwrap_err(),
+            FreeListError::BadCapacity(0)
+        );
+        let too_big = MAX_CAPACITY_PER_CPU + 1;
+        assert_eq!(
+            RawFreeList::new(too_big).unwrap_err(),
+            FreeListError::BadCapacity(too_big)
+        );
+    }
+
+    #[test]
+    fn every_item_comes_back_exactly_once_through_overflow_and_refill() {
+        let list = RawFreeList::new(8).unwrap();
+        for n in 1..=1000 {
+            list.push(block(n)).unwrap();
+        }
+        let mut seen = Vec::new();
+        while let Some(b) = list.pop() {
+            seen.push(b.as_ptr() as usize / 16);
+        }
+        list.drain().unwrap();
+        while let Some(b) = list.pop() {
+            seen.push(b.as_ptr() as usize / 16);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn drain_makes_other_cpus_items_reachable() {
+        let list = RawFreeList::new(16).unwrap();
+        // Park items in this CPU's cache only (fewer than the capacity: no overflow).
+        for n in 1..=10 {
+            list.push(block(n)).unwrap();
+        }
+        list.drain().unwrap();
+        // Every cache is empty now: the items wait at the global level.
+        for id in 0..list.cpus {
+            assert_eq!(list.count(id).load(Ordering::Relaxed), 0, "cache {id}");
+        }
+        let mut popped: Vec<usize> = std::iter::from_fn(|| list.pop())
+            .map(|b| b.as_ptr() as usize / 16)
+            .collect();
+        popped.sort_unstable();
+        assert_eq!(popped, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn take_all_empties_caches_and_global() {
+        let mut list = RawFreeList::new(4).unwrap();
+        for n in 1..=50 {
+            list.push(block(n)).unwrap();
+        }
+        let mut seen = Vec::new();
+        list.take_all(|b| seen.push(b.as_ptr() as usize / 16));
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=50).collect::<Vec<_>>());
+        assert_eq!(list.pop(), None);
+    }
+}
