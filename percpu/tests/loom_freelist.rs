@@ -1,0 +1,280 @@
+//! loom models of the freelist protocols. Run with
+//! `RUSTFLAGS="--cfg loom" cargo test -p percpu --test loom_freelist --release`.
+//!
+//! 1. The global level's Treiber stack with a tagged head (`freelist/global.rs`), including the
+//!    ABA interleaving; without the tag loom must find the corruption.
+//! 2. The per-CPU cache protocol with drain (`freelist/mod.rs`): a committed sequence is modelled
+//!    as holding its CPU's try-lock (an abort is the try-lock failing), the fence as waiting out
+//!    every holder, and the drain as lock bit, fence, re-check. Without the fence and re-check
+//!    loom must find a lost or duplicated item.
+#![cfg(loom)]
+
+use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use loom::sync::{Arc, Mutex};
+use loom::thread;
+
+fn bounded() -> loom::model::Builder {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder
+}
+
+// ---- 1. Tagged Treiber stack ----
+
+const NIL: u32 = u32::MAX;
+
+struct Stack {
+    head: AtomicU64,
+    next: [AtomicU32; 3],
+    tagged: bool,
+}
+
+impl Stack {
+    /// Slots 0 → 1 → 2.
+    fn new(tagged: bool) -> Arc<Stack> {
+        Arc::new(Stack {
+            head: AtomicU64::new(0),
+            next: [AtomicU32::new(1), AtomicU32::new(2), AtomicU32::new(NIL)],
+            tagged,
+        })
+    }
+
+    fn pack(&self, tag: u64, first: u32) -> u64 {
+        if self.tagged {
+            (tag << 32) | first as u64
+        } else {
+            first as u64
+        }
+    }
+
+    fn push(&self, slot: u32) {
+        let mut old = self.head.load(Ordering::Relaxed);
+        loop {
+            self.next[slot as usize].store(old as u32, Ordering::Relaxed);
+            let new = self.pack((old >> 32) + 1, slot);
+            match self
+                .head
+                .compare_exchange(old, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(current) => old = current,
+            }
+        }
+    }
+
+    fn pop(&self) -> Option<u32> {
+        let mut old = self.head.load(Ordering::Acquire);
+        loop {
+            let first = old as u32;
+            if first == NIL {
+                return None;
+            }
+            let next = self.next[first as usize].load(Ordering::Relaxed);
+            let new = self.pack((old >> 32) + 1, next);
+            match self
+                .head
+                .compare_exchange(old, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return Some(first),
+                Err(current) => old = current,
+            }
+        }
+    }
+}
+
+/// A pops once; B pops twice and pushes its first back: the ABA shape. Every slot must end up
+/// held exactly once.
+fn aba_scenario(tagged: bool) {
+    bounded().check(move || {
+        let stack = Stack::new(tagged);
+        let a = {
+            let stack = stack.clone();
+            thread::spawn(move || stack.pop())
+        };
+        let b = {
+            let stack = stack.clone();
+            thread::spawn(move || {
+                let first = stack.pop();
+                let second = stack.pop();
+                if let Some(first) = first {
+                    stack.push(first);
+                }
+                second
+            })
+        };
+        let mut held: Vec<u32> = [a.join().unwrap(), b.join().unwrap()]
+            .into_iter()
+            .flatten()
+            .collect();
+        while let Some(slot) = stack.pop() {
+            held.push(slot);
+            assert!(held.len() <= 3, "corrupted stack: {held:?}");
+        }
+        held.sort_unstable();
+        assert_eq!(held, [0, 1, 2], "each slot exactly once");
+    });
+}
+
+#[test]
+fn tagged_stack_survives_aba() {
+    aba_scenario(true);
+}
+
+#[test]
+#[should_panic]
+fn untagged_stack_would_be_corrupted_by_aba() {
+    aba_scenario(false);
+}
+
+// ---- 2. Per-CPU cache with drain ----
+
+const LOCKED: usize = 1 << 63;
+
+/// A sequence's commit: a plain store that overwrites whatever is there, the drainer's lock bit
+/// included. Modelled as `swap` (which overwrites just the same) because loom mis-orders a plain
+/// store racing a read-modify-write on the same atomic (tokio-rs/loom#254, #282) and reports
+/// executions no C++ implementation can produce.
+fn commit(count: &AtomicUsize, value: usize) {
+    count.swap(value, Ordering::Relaxed);
+}
+const CAP: usize = 2;
+
+struct Cpu {
+    count: AtomicUsize,
+    slots: [AtomicUsize; CAP],
+}
+
+struct Model {
+    /// Held by whatever runs on the CPU: a sequence that cannot take it has been preempted
+    /// (aborts and retries); the fence takes it to wait out any sequence in flight.
+    cpu: Mutex<()>,
+    cache: Cpu,
+    global: Mutex<Vec<usize>>,
+    fence_and_recheck: bool,
+}
+
+impl Model {
+    fn new(fence_and_recheck: bool, cached: &[usize]) -> Arc<Model> {
+        let m = Model {
+            cpu: Mutex::new(()),
+            cache: Cpu {
+                count: AtomicUsize::new(cached.len()),
+                slots: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            },
+            global: Mutex::new(Vec::new()),
+            fence_and_recheck,
+        };
+        for (i, &x) in cached.iter().enumerate() {
+            m.cache.slots[i].store(x, Ordering::Relaxed);
+        }
+        Arc::new(m)
+    }
+
+    /// Runs `body` as one sequence: committed while holding the CPU, retried (aborted) if
+    /// something else holds it.
+    fn sequence<R>(&self, body: impl Fn(&Cpu) -> R) -> R {
+        loop {
+            if let Ok(_running) = self.cpu.try_lock() {
+                return body(&self.cache);
+            }
+            thread::yield_now();
+        }
+    }
+
+    /// stack_push: full (or locked) → the item goes to the global level.
+    fn push(&self, x: usize) {
+        let pushed = self.sequence(|cpu| {
+            let n = cpu.count.load(Ordering::Relaxed);
+            if n >= CAP {
+                return false;
+            }
+            cpu.slots[n].store(x, Ordering::Relaxed);
+            commit(&cpu.count, n + 1);
+            true
+        });
+        if !pushed {
+            self.global.lock().unwrap().push(x);
+        }
+    }
+
+    /// stack_pop (signed compare): empty or locked → take from the global level.
+    fn pop(&self) -> Option<usize> {
+        let popped = self.sequence(|cpu| {
+            let n = cpu.count.load(Ordering::Relaxed);
+            if n as isize <= 0 {
+                return None;
+            }
+            let x = cpu.slots[n - 1].load(Ordering::Relaxed);
+            commit(&cpu.count, n - 1);
+            Some(x)
+        });
+        popped.or_else(|| self.global.lock().unwrap().pop())
+    }
+
+    /// Waits until no sequence is in flight on the CPU (what membarrier guarantees).
+    fn fence(&self) {
+        drop(self.cpu.lock().unwrap());
+    }
+
+    fn drain(&self) {
+        self.cache.count.fetch_or(LOCKED, Ordering::AcqRel);
+        if self.fence_and_recheck {
+            loop {
+                self.fence();
+                if self.cache.count.load(Ordering::Acquire) & LOCKED != 0 {
+                    break;
+                }
+                self.cache.count.fetch_or(LOCKED, Ordering::AcqRel);
+            }
+        }
+        let n = self.cache.count.load(Ordering::Acquire) & !LOCKED;
+        let mut global = self.global.lock().unwrap();
+        for slot in &self.cache.slots[..n.min(CAP)] {
+            global.push(slot.load(Ordering::Relaxed));
+        }
+        drop(global);
+        self.cache.count.store(0, Ordering::Release);
+    }
+}
+
+/// A pusher, a popper and a drainer on one cache: every item ends up exactly once.
+fn drain_scenario(fence_and_recheck: bool) {
+    bounded().check(move || {
+        let m = Model::new(fence_and_recheck, &[1]);
+        let pusher = {
+            let m = m.clone();
+            thread::spawn(move || m.push(2))
+        };
+        let popper = {
+            let m = m.clone();
+            thread::spawn(move || m.pop())
+        };
+        let drainer = {
+            let m = m.clone();
+            thread::spawn(move || m.drain())
+        };
+        pusher.join().unwrap();
+        drainer.join().unwrap();
+        let mut all: Vec<usize> = popper.join().unwrap().into_iter().collect();
+        let n = m.cache.count.load(Ordering::Relaxed) & !LOCKED;
+        all.extend(
+            m.cache.slots[..n.min(CAP)]
+                .iter()
+                .map(|s| s.load(Ordering::Relaxed)),
+        );
+        all.extend(m.global.lock().unwrap().iter().copied());
+        all.sort_unstable();
+        assert_eq!(all, [1, 2], "each item exactly once");
+    });
+}
+
+#[test]
+fn drain_with_fence_and_recheck_keeps_every_item_once() {
+    drain_scenario(true);
+}
+
+#[test]
+#[should_panic]
+fn drain_without_fence_would_lose_or_duplicate_items() {
+    drain_scenario(false);
+}
