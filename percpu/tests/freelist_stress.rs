@@ -30,7 +30,7 @@ fn id(block: NonNull<u8>) -> usize {
 /// Takes everything out (draining other CPUs' caches) and checks it is exactly 1..=objects.
 fn assert_exactly_once(list: &RawFreeList, objects: usize) {
     list.drain().expect("drain");
-    let mut seen: Vec<usize> = std::iter::from_fn(|| list.pop()).map(id).collect();
+    let mut seen: Vec<usize> = std::iter::from_fn(|| list.pop_global()).map(id).collect();
     seen.sort_unstable();
     let duplicates = seen.windows(2).filter(|w| w[0] == w[1]).count();
     assert_eq!(duplicates, 0, "objects handed out twice");
@@ -253,7 +253,7 @@ fn producers_and_consumers_on_different_cpus_exchange_every_object() {
     list.drain().unwrap();
     let mut all: Vec<usize> = received
         .into_iter()
-        .chain(std::iter::from_fn(|| list.pop()).map(id))
+        .chain(std::iter::from_fn(|| list.pop_global()).map(id))
         .collect();
     all.sort_unstable();
     assert_eq!(all, (1..=PAIRS * per_producer).collect::<Vec<_>>());

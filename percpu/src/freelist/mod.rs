@@ -256,6 +256,14 @@ impl RawFreeList {
         NonNull::new(batch[0] as *mut u8)
     }
 
+    /// Takes a block from the global level only, never refilling a cache: after [`Self::drain`],
+    /// popping this until `None` yields every item the caches and the global level held, wherever
+    /// the calling thread runs meanwhile (a plain [`Self::pop`] parks refilled items in the
+    /// current CPU's cache, which a migrating thread would leave behind).
+    pub fn pop_global(&self) -> Option<NonNull<u8>> {
+        NonNull::new(self.global.pop_one()? as *mut u8)
+    }
+
     /// Moves every CPU's cache to the global level, so any thread's pops can reach every item.
     /// Safe while other threads push and pop: they overflow and refill through the global level
     /// while the caches are locked.
@@ -363,7 +371,7 @@ mod tests {
             seen.push(b.as_ptr() as usize / 16);
         }
         list.drain().unwrap();
-        while let Some(b) = list.pop() {
+        while let Some(b) = list.pop_global() {
             seen.push(b.as_ptr() as usize / 16);
         }
         seen.sort_unstable();
@@ -382,7 +390,7 @@ mod tests {
         for id in 0..list.cpus {
             assert_eq!(list.count(id).load(Ordering::Relaxed), 0, "cache {id}");
         }
-        let mut popped: Vec<usize> = std::iter::from_fn(|| list.pop())
+        let mut popped: Vec<usize> = std::iter::from_fn(|| list.pop_global())
             .map(|b| b.as_ptr() as usize / 16)
             .collect();
         popped.sort_unstable();

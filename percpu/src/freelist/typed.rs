@@ -100,7 +100,11 @@ impl<T> FreeList<T> {
     /// values stay in the list).
     pub fn try_drain(&self) -> Result<impl Iterator<Item = T> + '_, FreeListError> {
         self.raw.drain()?;
-        Ok(std::iter::from_fn(|| self.pop()))
+        Ok(std::iter::from_fn(|| {
+            let block = self.raw.pop_global()?;
+            // SAFETY: as in `pop`.
+            Some(*unsafe { Box::from_raw(block.cast::<T>().as_ptr()) })
+        }))
     }
 }
 
@@ -277,6 +281,56 @@ mod tests {
         assert_eq!(drops.load(Ordering::Relaxed), 1);
         drop(list);
         assert_eq!(drops.load(Ordering::Relaxed), 100);
+    }
+
+    fn pin(cpu: usize) {
+        // SAFETY: plain cpu_set_t manipulation with an in-range CPU number.
+        unsafe {
+            let mut set: libc::cpu_set_t = core::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, core::mem::size_of_val(&set), &set),
+                0
+            );
+        }
+    }
+
+    /// A draining thread that migrates must still get every value: refilled items parked in the
+    /// first CPU's cache would otherwise be left behind.
+    #[test]
+    fn drain_yields_everything_even_when_the_thread_migrates() {
+        let cpus: Vec<usize> = {
+            // SAFETY: plain cpu_set_t queries.
+            let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+            // SAFETY: a valid, writable set.
+            assert_eq!(
+                unsafe { libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) },
+                0
+            );
+            // SAFETY: in-range CPU numbers.
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+                .collect()
+        };
+        if cpus.len() < 2 {
+            eprintln!("one CPU allowed: no migration to test");
+            return;
+        }
+        std::thread::spawn(move || {
+            pin(cpus[0]);
+            let list = FreeList::with_capacity_per_cpu(8);
+            for n in 0..100 {
+                list.push(n).unwrap();
+            }
+            let mut drain = list.drain();
+            let mut got = vec![drain.next().unwrap()];
+            pin(cpus[1]);
+            got.extend(drain);
+            got.sort_unstable();
+            assert_eq!(got, (0..100).collect::<Vec<_>>());
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
