@@ -283,6 +283,19 @@ mod tests {
         assert_eq!(drops.load(Ordering::Relaxed), 100);
     }
 
+    fn allowed_cpus() -> Vec<usize> {
+        // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+        let size = core::mem::size_of_val(&set);
+        // SAFETY: a valid, writable set of `size` bytes.
+        let rc = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+        assert_eq!(rc, 0);
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: in-range CPU numbers.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    }
+
     fn pin(cpu: usize) {
         // SAFETY: plain cpu_set_t manipulation with an in-range CPU number.
         unsafe {
@@ -299,19 +312,7 @@ mod tests {
     /// first CPU's cache would otherwise be left behind.
     #[test]
     fn drain_yields_everything_even_when_the_thread_migrates() {
-        let cpus: Vec<usize> = {
-            // SAFETY: plain cpu_set_t queries.
-            let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-            // SAFETY: a valid, writable set.
-            assert_eq!(
-                unsafe { libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) },
-                0
-            );
-            // SAFETY: in-range CPU numbers.
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-                .collect()
-        };
+        let cpus = allowed_cpus();
         if cpus.len() < 2 {
             eprintln!("one CPU allowed: no migration to test");
             return;
