@@ -1,6 +1,6 @@
 //! Counter increments per thread, 1 … 2× CPUs threads, threads started before timing.
 //!
-//! `benches/counters.sh` runs this twice (rseq, then `PERCPU_FORCE_FALLBACK=1`) and tabulates
+//! `benches/run.sh counters` runs this twice (rseq, then `PERCPU_FORCE_FALLBACK=1`) and tabulates
 //! both runs side by side.
 
 use std::sync::Arc;
