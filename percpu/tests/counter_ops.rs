@@ -1,5 +1,4 @@
 //! The fuzz target's op runner over a deterministic pseudo-random corpus, in both paths.
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 #[path = "../../rseq-sys/tests/common/mod.rs"]
 mod common;

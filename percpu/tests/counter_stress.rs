@@ -1,7 +1,6 @@
 //! Counter exactness under stress, in both paths: far more threads than CPUs adding random
 //! positive and negative values while they yield, migrate and take signals, with `take()` racing
 //! them. The end state must equal the model exactly.
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 #[path = "../../rseq-sys/tests/common/mod.rs"]
 mod common;

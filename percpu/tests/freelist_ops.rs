@@ -1,5 +1,4 @@
 //! The freelist fuzz target's op runner over a deterministic pseudo-random corpus, both paths.
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 #[path = "../../rseq-sys/tests/common/mod.rs"]
 mod common;

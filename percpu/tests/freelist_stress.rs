@@ -1,7 +1,6 @@
 //! Freelist exactness under stress, in both paths: many more threads than CPUs pushing and
 //! popping while they yield, migrate, take signals and race a draining thread. At the end every
 //! object is present exactly once (count and identity).
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 #[path = "../../rseq-sys/tests/common/mod.rs"]
 mod common;

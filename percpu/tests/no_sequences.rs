@@ -2,7 +2,6 @@
 //! `RUSTFLAGS="--cfg rseq_sys_no_sequences"` (see `.ci/run`): rseq-sys builds its no-sequences
 //! module, and percpu must take its atomic fallback and stay exact.
 #![cfg(rseq_sys_no_sequences)]
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 #[path = "../../rseq-sys/tests/common/mod.rs"]
 mod common;

@@ -4,7 +4,6 @@
 //!
 //! Regimes other than the default re-execute this test binary as a child that runs one `#[ignore]`d
 //! test, so they are set before glibc starts, as they would be for a real program.
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -12,6 +11,7 @@ use common::{Slots, allowed_cpus, assert_child_passed, run_child, set_affinity};
 use rseq_sys::{Index, Owner, Unavailable, UnregisterError};
 
 fn auxv_feature_size() -> u32 {
+    // SAFETY: getauxval has no preconditions.
     match unsafe { libc::getauxval(27) } {
         0 => 20,
         n => n as u32,
@@ -46,6 +46,8 @@ fn default_process_shares_glibcs_registration() {
     assert_eq!(rseq_sys::kernel_size(), expected);
     // The thread really is registered already: a second registration must be refused.
     let mut foreign = Box::new(Aligned([0u8; 64]));
+    // SAFETY: rseq(2) on a live, 64-byte-aligned area this test owns (leaked where the kernel
+    // keeps using it); the kernel validates the rest.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_rseq,
@@ -138,6 +140,7 @@ fn fork_child_keeps_a_valid_registration() {
     let parent = rseq_sys::status();
     let mut slots = Slots::new();
     let modes = indexes();
+    // SAFETY: the child below only makes async-signal-safe calls and sequences before _exit.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
@@ -155,9 +158,11 @@ fn fork_child_keeps_a_valid_registration() {
         if slots.sum() != 30_000 * modes.len() as i64 {
             code = 11;
         }
+        // SAFETY: leaving the forked child without running the parent's exit handlers.
         unsafe { libc::_exit(code) };
     }
     let mut wstatus = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
     assert_eq!(unsafe { libc::waitpid(pid, &mut wstatus, 0) }, pid);
     assert!(libc::WIFEXITED(wstatus), "child died: {wstatus:#x}");
     assert_eq!(
@@ -261,6 +266,8 @@ fn child_glibc_rseq_disabled() {
         );
         // The kernel agrees: registering this thread again now succeeds.
         let mut area = Box::new(Aligned([0u8; 64]));
+        // SAFETY: rseq(2) on a live, 64-byte-aligned area this test owns (leaked where the kernel
+        // keeps using it); the kernel validates the rest.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_rseq,
@@ -271,6 +278,8 @@ fn child_glibc_rseq_disabled() {
             )
         };
         assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: rseq(2) on a live, 64-byte-aligned area this test owns (leaked where the kernel
+        // keeps using it); the kernel validates the rest.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_rseq,
@@ -293,6 +302,8 @@ fn child_glibc_rseq_disabled() {
     // Someone else (another library) registered this thread first: we get EINVAL and fall back.
     std::thread::spawn(|| {
         let area: &'static mut Aligned = Box::leak(Box::new(Aligned([0u8; 64])));
+        // SAFETY: rseq(2) on a live, 64-byte-aligned area this test owns (leaked where the kernel
+        // keeps using it); the kernel validates the rest.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_rseq,

@@ -1,6 +1,5 @@
 //! Exactness under stress: many more threads than CPUs doing per-CPU adds while they yield,
 //! migrate and are hit by a storm of signals. Any lost or doubled commit changes the total.
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! Helpers shared by rseq-sys's integration tests: re-executing the test binary as a child under
 //! another regime, seccomp filters, signal storms and CPU migration.
-#![allow(dead_code, clippy::undocumented_unsafe_blocks)]
+#![allow(dead_code)]
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
@@ -129,6 +129,8 @@ impl Rng {
 
 /// The CPUs this process may run on.
 pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data (zeroed is empty); the set is valid and writable, and
+    // every CPU number is below CPU_SETSIZE.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         assert_eq!(
@@ -143,6 +145,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 /// Pins the calling thread to `cpus`.
 pub fn set_affinity(cpus: &[usize]) {
+    // SAFETY: as in `allowed_cpus`; CPU numbers come from the allowed set.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &c in cpus {
@@ -168,6 +171,8 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
 
 /// Installs a SIGUSR1 handler (with SA_RESTART) that only counts.
 pub fn install_sigusr1_handler() {
+    // SAFETY: a zeroed sigaction with a plain handler that only bumps an atomic
+    // (async-signal-safe).
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as usize;
@@ -196,17 +201,20 @@ impl SignalStorm {
         let thread = {
             let (tids, stop) = (tids.clone(), stop.clone());
             std::thread::spawn(move || {
+                // SAFETY: getpid has no preconditions.
                 let pid = unsafe { libc::getpid() };
                 let mut sent = 0;
                 while !stop.load(Ordering::Relaxed) {
                     for tid in tids.iter() {
                         let tid = tid.load(Ordering::Relaxed);
-                        if tid != 0
-                            && unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) }
-                                == 0
-                        {
-                            sent += 1;
+                        if tid == 0 {
+                            continue;
                         }
+                        // SAFETY: signalling one of this process's threads, which has the
+                        // counting SIGUSR1 handler installed above.
+                        let rc =
+                            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
+                        sent += u64::from(rc == 0);
                     }
                     std::thread::sleep(std::time::Duration::from_micros(50));
                 }
@@ -237,6 +245,7 @@ pub struct SignalStormHandle(Arc<Vec<AtomicI32>>);
 
 impl SignalStormHandle {
     pub fn enlist(&self, slot: usize) {
+        // SAFETY: gettid has no preconditions.
         self.0[slot].store(unsafe { libc::gettid() }, Ordering::Relaxed);
     }
     pub fn leave(&self, slot: usize) {
