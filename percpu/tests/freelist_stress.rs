@@ -16,6 +16,8 @@ use percpu::{FallbackReason, Mode, RawFreeList};
 
 const OPS_PER_THREAD: usize = 60_000;
 const OBJECTS_PER_THREAD: usize = 48;
+/// Drains that must overlap the workers in every churn run.
+const MIN_DRAINS: usize = 3;
 
 /// Object `n` (1-based) as a fake, never-dereferenced block address.
 fn object(n: usize) -> NonNull<u8> {
@@ -70,7 +72,7 @@ fn churn(plan: Plan) -> Vec<Mode> {
         });
         let workers: Vec<_> = (0..plan.threads)
             .map(|t| {
-                let (list, allowed, storm) = (&list, &allowed, storm.handle());
+                let (list, allowed, storm, drains) = (&list, &allowed, storm.handle(), &drains);
                 s.spawn(move || {
                     storm.enlist(t);
                     if plan.unregister_odd && t % 2 == 1 {
@@ -82,7 +84,15 @@ fn churn(plan: Plan) -> Vec<Mode> {
                     let mode = percpu::mode();
                     let mut rng = Rng::new(t as u64 + 99);
                     let mut held: Vec<NonNull<u8>> = Vec::with_capacity(64);
-                    for i in 0..scaled(OPS_PER_THREAD) {
+                    let started = std::time::Instant::now();
+                    let mut i = 0;
+                    // At least the scaled op count; past that, keep going (up to 30 s) until a
+                    // few drains have run concurrently, so no run passes without racing one.
+                    while i < scaled(OPS_PER_THREAD)
+                        || (drains.load(Ordering::Relaxed) < MIN_DRAINS
+                            && started.elapsed() < std::time::Duration::from_secs(30))
+                    {
+                        i += 1;
                         let pop = held.is_empty() || (held.len() < 64 && rng.below(2) == 0);
                         if pop {
                             if let Some(b) = list.pop() {
@@ -113,7 +123,11 @@ fn churn(plan: Plan) -> Vec<Mode> {
         modes
     });
     assert!(storm.finish() > 0, "the signal storm sent nothing");
-    assert!(drains.load(Ordering::Relaxed) > 0, "the drainer never ran");
+    assert!(
+        drains.load(Ordering::Relaxed) >= MIN_DRAINS,
+        "only {} drains overlapped the workers",
+        drains.load(Ordering::Relaxed)
+    );
     assert_exactly_once(&list, objects);
     modes
 }
