@@ -50,10 +50,7 @@ fn counters(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(std::time::Duration::from_millis(500))
-        .measurement_time(std::time::Duration::from_millis(1500))
-        .sample_size(20);
+    config = percpu_benches::criterion_config();
     targets = counters
 }
 criterion_main!(benches);

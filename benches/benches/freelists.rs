@@ -103,10 +103,7 @@ fn freelists(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(std::time::Duration::from_millis(500))
-        .measurement_time(std::time::Duration::from_millis(1500))
-        .sample_size(20);
+    config = percpu_benches::criterion_config();
     targets = freelists
 }
 criterion_main!(benches);

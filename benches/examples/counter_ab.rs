@@ -2,22 +2,7 @@
 //! rounds so machine drift hits both equally. Prints the median ns/op of each and the ratio.
 //! `cargo run --release -p percpu-benches --example counter_ab [ROUNDS] [OPS]`
 
-use std::time::Instant;
-
-use percpu_benches::RawRseqSlots;
-
-fn time(ops: u64, mut op: impl FnMut()) -> f64 {
-    let t0 = Instant::now();
-    for _ in 0..ops {
-        op();
-    }
-    t0.elapsed().as_nanos() as f64 / ops as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use percpu_benches::{RawRseqSlots, median, ns_per_call};
 
 fn main() {
     let mut args = std::env::args()
@@ -29,8 +14,8 @@ fn main() {
     let raw = RawRseqSlots::new();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        a.push(time(ops, || counter.inc()));
-        b.push(time(ops, || raw.inc()));
+        a.push(ns_per_call(ops, || counter.inc()));
+        b.push(ns_per_call(ops, || raw.inc()));
     }
     assert_eq!(
         counter.sum() as u64,

@@ -4,24 +4,10 @@
 
 use std::hint::black_box;
 use std::ptr::NonNull;
-use std::time::Instant;
 
-use percpu_benches::Padded;
+use percpu_benches::{Padded, median, ns_per_call};
 
 const CAP: usize = 64;
-
-fn time(pairs: u64, mut op: impl FnMut()) -> f64 {
-    let t0 = Instant::now();
-    for _ in 0..pairs {
-        op();
-    }
-    t0.elapsed().as_nanos() as f64 / pairs as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Per-CPU `[count, slots]` driven by the bare sequences.
 struct BareStacks(Vec<Padded<std::cell::UnsafeCell<[usize; CAP + 1]>>>);
@@ -69,11 +55,11 @@ fn main() {
     let item = NonNull::new(0x1000 as *mut u8).unwrap();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        a.push(time(pairs, || {
+        a.push(ns_per_call(pairs, || {
             let _ = list.push(item);
             black_box(list.pop());
         }));
-        b.push(time(pairs, || {
+        b.push(ns_per_call(pairs, || {
             black_box(bare.push_pop(0x1000));
         }));
     }

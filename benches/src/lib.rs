@@ -156,3 +156,27 @@ thread_local! {
 pub fn thread_local_inc() {
     LOCAL.with(|c| c.set(std::hint::black_box(c.get()) + 1));
 }
+
+/// The criterion settings every benchmark here uses: short warm-up and measurement, so a whole
+/// family runs in a minute or two on a small machine.
+pub fn criterion_config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+        .sample_size(20)
+}
+
+/// Nanoseconds per call of `op`, over `calls` calls (for the alternating A/B examples).
+pub fn ns_per_call(calls: u64, mut op: impl FnMut()) -> f64 {
+    let t0 = Instant::now();
+    for _ in 0..calls {
+        op();
+    }
+    t0.elapsed().as_nanos() as f64 / calls as f64
+}
+
+/// The median of `values`.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
