@@ -34,7 +34,7 @@ use crate::mode::{forced_fallback, rseq_path};
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
 
 /// `N` per-CPU counters in one region: the engine under [`Counter`] and [`CounterGroup`].
-struct RawCounters<const N: usize> {
+pub(crate) struct RawCounters<const N: usize> {
     region: AtomicPtr<u8>,
     /// Possible CPUs when the region was mapped; beside `region` so the fast path reads both
     /// from one cache line (a static in another crate costs an extra GOT load).
@@ -51,7 +51,7 @@ struct RawCounters<const N: usize> {
 impl<const N: usize> RawCounters<N> {
     const BLOCK: usize = round_up(N * 8, CPU_BLOCK_ALIGN);
 
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         assert!(N > 0, "a counter group needs at least one counter");
         RawCounters {
             region: AtomicPtr::new(ptr::null_mut()),
@@ -67,7 +67,7 @@ impl<const N: usize> RawCounters<N> {
     }
 
     #[inline(always)]
-    fn add(&self, counter: usize, value: i64) {
+    pub(crate) fn add(&self, counter: usize, value: i64) {
         debug_assert!(counter < N);
         let region = self.region.load(Ordering::Acquire);
         if region.is_null() {
@@ -174,7 +174,7 @@ impl<const N: usize> RawCounters<N> {
         }
     }
 
-    fn sums(&self) -> [i64; N] {
+    pub(crate) fn sums(&self) -> [i64; N] {
         let mut sums = [0i64; N];
         self.for_each_slot(|c, v| sums[c] = sums[c].wrapping_add(v));
         sums

@@ -3,6 +3,8 @@
 //! - [`counter`]: [`Counter`] and [`CounterGroup`], per-CPU statistics counters.
 //! - [`freelist`]: [`RawFreeList`] of memory blocks, and the typed [`FreeList`] and [`Pool`]:
 //!   per-CPU array caches over a lock-free global level.
+//! - [`slab`]: [`PerCpuAlloc`], a slab allocator with per-CPU caches, usable as
+//!   `#[global_allocator]`.
 //! - [`mode`]: which path the current thread takes ([`mode()`]): rseq sequences, or the atomic
 //!   fallback used when the thread has no rseq or `PERCPU_FORCE_FALLBACK=1` is set.
 //!
@@ -15,8 +17,10 @@
 pub mod counter;
 pub mod freelist;
 pub mod mode;
+pub mod slab;
 mod storage;
 
 pub use counter::{Counter, CounterGroup, CounterName, Snapshot};
 pub use freelist::{FreeList, FreeListError, Pool, Pooled, RawFreeList};
 pub use mode::{FallbackReason, Mode, forced_fallback, mode};
+pub use slab::{AllocStats, ClassStats, PerCpuAlloc};

@@ -43,6 +43,9 @@ struct Slot {
     len: AtomicU32,
     /// The chain below on a stack (first slots only).
     next_chain: AtomicU32,
+    /// Items in this chain and every chain below it (first slots only): the stack's length,
+    /// read from its top without a shared counter.
+    depth: AtomicU32,
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 32);
@@ -115,6 +118,12 @@ impl Global {
         let mut old = stack.head.load(Ordering::Relaxed);
         loop {
             slot.next_chain.store(first_of(old), Ordering::Relaxed);
+            // The chains below never change while this one is on the stack, so its depth stays
+            // true; a stale read here is caught by the exchange, which then retries.
+            slot.depth.store(
+                len.saturating_add(self.depth(first_of(old))),
+                Ordering::Relaxed,
+            );
             let new = pack(tag_of(old).wrapping_add(1), first);
             // Release: the chain's slots (items, links, length) are visible to its popper.
             match stack
@@ -147,6 +156,21 @@ impl Global {
                 Err(current) => old = current,
             }
         }
+    }
+
+    /// Items from chain `first` down to the bottom of its stack; 0 for NIL.
+    fn depth(&self, first: u32) -> u32 {
+        if first == NIL {
+            0
+        } else {
+            self.slot(first).depth.load(Ordering::Relaxed)
+        }
+    }
+
+    /// About how many items the global level holds: exact when nothing changes meanwhile, and
+    /// never unsafe to ask (a top chain popped and reused during the read gives a stale count).
+    pub(crate) fn len(&self) -> usize {
+        self.depth(first_of(self.h().full.head.load(Ordering::Acquire))) as usize
     }
 
     /// The slot `steps` links after `from`.
@@ -349,6 +373,22 @@ mod tests {
         assert_eq!(pop_batch(&g, &mut out), 3);
         assert_eq!(&out[..3], &[1, 2, 3]);
         assert_eq!(pop_batch(&g, &mut out), 0);
+    }
+
+    #[test]
+    fn len_counts_items_through_pushes_and_pops() {
+        let g = Global::new().unwrap();
+        assert_eq!(g.len(), 0);
+        g.push_items(&[1, 2, 3]).unwrap();
+        g.push_items(&[4, 5]).unwrap();
+        assert_eq!(g.len(), 5);
+        assert_eq!(g.pop_one(), Some(4));
+        assert_eq!(g.len(), 4);
+        let mut out = [0usize; MAX_CHAIN];
+        assert_eq!(pop_batch(&g, &mut out), 1);
+        assert_eq!(g.len(), 3);
+        assert_eq!(pop_batch(&g, &mut out), 3);
+        assert_eq!(g.len(), 0);
     }
 
     #[test]

@@ -43,7 +43,8 @@ use rseq_sys::{FenceMethod, Index, Outcome, STACK_LOCKED, Sequences};
 
 use crate::mode::{forced_fallback, rseq_path};
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
-use global::{Global, MAX_CHAIN};
+use global::Global;
+pub(crate) use global::MAX_CHAIN;
 
 /// Per-CPU capacity when none is given.
 pub const DEFAULT_CAPACITY_PER_CPU: usize = 64;
@@ -75,6 +76,40 @@ impl fmt::Display for FreeListError {
 }
 
 impl std::error::Error for FreeListError {}
+
+/// What lies below a freelist's global level (the slab allocator's spans; nothing for a plain
+/// freelist): where overflow goes once the global level is long enough, and where pops get a
+/// batch when the global level is empty.
+pub(crate) trait Backing {
+    /// Whether [`Backing::spill`] takes items; a backing that does not is never asked to.
+    const SPILLS: bool;
+    /// Whether [`Backing::fill`] can produce items.
+    const FILLS: bool;
+    /// Global-level length from which overflow spills instead of staying at the global level.
+    fn global_limit(&self) -> usize;
+    /// Takes `items` (at most [`MAX_CHAIN`]) for good. Must not fail: callers have already
+    /// taken them out of the caches.
+    fn spill(&self, items: &[usize]);
+    /// Fills the front of `out` with new items: how many (0 when out of memory).
+    fn fill(&self, out: &mut [usize]) -> usize;
+}
+
+/// A plain freelist: nothing below the global level.
+struct Unbacked;
+
+impl Backing for Unbacked {
+    const SPILLS: bool = false;
+    const FILLS: bool = false;
+    fn global_limit(&self) -> usize {
+        usize::MAX
+    }
+    fn spill(&self, _: &[usize]) {
+        unreachable!("a plain freelist never spills")
+    }
+    fn fill(&self, _: &mut [usize]) -> usize {
+        0
+    }
+}
 
 /// A per-CPU freelist of non-null addresses (memory blocks), safe to use from many threads.
 ///
@@ -150,6 +185,17 @@ impl RawFreeList {
     /// Adds `block`. Fails (handing it back) only when no memory can be had for the global level.
     #[inline]
     pub fn push(&self, block: NonNull<u8>) -> Result<(), NonNull<u8>> {
+        self.push_backed(block, &Unbacked)
+    }
+
+    /// [`Self::push`] over `backing`: overflow goes below the global level once that holds
+    /// [`Backing::global_limit`] items, or when it has no memory.
+    #[inline]
+    pub(crate) fn push_backed<B: Backing>(
+        &self,
+        block: NonNull<u8>,
+        backing: &B,
+    ) -> Result<(), NonNull<u8>> {
         let item = block.as_ptr() as usize;
         if let Some((seq, index)) = rseq_path() {
             loop {
@@ -165,19 +211,46 @@ impl RawFreeList {
                     Outcome::Committed(()) => return Ok(()),
                     Outcome::Aborted => continue,
                     Outcome::CompareFailed => {
-                        return self.push_overflow(seq, index, item).map_err(|()| block);
+                        return self
+                            .push_overflow(seq, index, item, backing)
+                            .map_err(|()| block);
                     }
                 }
             }
         }
-        self.global.push_items(&[item]).map_err(|()| block)
+        if B::SPILLS && self.global.len() >= backing.global_limit() {
+            backing.spill(&[item]);
+            return Ok(());
+        }
+        match self.global.push_items(&[item]) {
+            Ok(()) => Ok(()),
+            Err(()) if B::SPILLS => {
+                backing.spill(&[item]);
+                Ok(())
+            }
+            Err(()) => Err(block),
+        }
     }
 
     /// The cache is full (or locked by a drain): move `item` and a batch from the cache to the
-    /// global level, with the destination reserved first so nothing can be stranded.
+    /// global level (or below it), with the destination made certain first so nothing can be
+    /// stranded: reserved global slots, or a backing that always takes what it is given.
     #[cold]
-    fn push_overflow(&self, seq: Sequences, index: Index, item: usize) -> Result<(), ()> {
-        let reserved = self.global.reserve(self.batch).ok_or(())?;
+    fn push_overflow<B: Backing>(
+        &self,
+        seq: Sequences,
+        index: Index,
+        item: usize,
+        backing: &B,
+    ) -> Result<(), ()> {
+        let reserved = if B::SPILLS && self.global.len() >= backing.global_limit() {
+            None
+        } else {
+            self.global.reserve(self.batch)
+        };
+        if reserved.is_none() && !B::SPILLS {
+            return Err(());
+        }
         let mut batch = [0usize; MAX_CHAIN];
         batch[0] = item;
         let mut n = 1;
@@ -187,7 +260,7 @@ impl RawFreeList {
                 break;
             }
             let (count, slots) = self.cache(id);
-            // SAFETY: as in `push`.
+            // SAFETY: as in `push_backed`.
             match unsafe { seq.stack_pop(index, id as u32, count, slots) } {
                 Outcome::Committed(x) => {
                     batch[n] = x;
@@ -197,7 +270,10 @@ impl RawFreeList {
                 Outcome::CompareFailed => break,
             }
         }
-        self.global.fill_reserved(reserved, &batch[..n]);
+        match reserved {
+            Some(reserved) => self.global.fill_reserved(reserved, &batch[..n]),
+            None => backing.spill(&batch[..n]),
+        }
         Ok(())
     }
 
@@ -205,6 +281,13 @@ impl RawFreeList {
     /// are empty (blocks may still sit in other CPUs' caches: see [`Self::drain`]).
     #[inline]
     pub fn pop(&self) -> Option<NonNull<u8>> {
+        self.pop_backed(&Unbacked)
+    }
+
+    /// [`Self::pop`] over `backing`: when the cache and the global level are empty, a batch comes
+    /// from [`Backing::fill`].
+    #[inline]
+    pub(crate) fn pop_backed<B: Backing>(&self, backing: &B) -> Option<NonNull<u8>> {
         if let Some((seq, index)) = rseq_path() {
             loop {
                 let id = seq.current().index(index) as usize;
@@ -212,23 +295,43 @@ impl RawFreeList {
                     break;
                 }
                 let (count, slots) = self.cache(id);
-                // SAFETY: as in `push`.
+                // SAFETY: as in `push_backed`.
                 match unsafe { seq.stack_pop(index, id as u32, count, slots) } {
                     Outcome::Committed(x) => return NonNull::new(x as *mut u8),
                     Outcome::Aborted => continue,
-                    Outcome::CompareFailed => return self.refill(seq, index),
+                    Outcome::CompareFailed => return self.refill(seq, index, backing),
                 }
             }
         }
-        NonNull::new(self.global.pop_one()? as *mut u8)
+        if let Some(item) = self.global.pop_one() {
+            return NonNull::new(item as *mut u8);
+        }
+        if !B::FILLS {
+            return None;
+        }
+        let mut batch = [0usize; MAX_CHAIN];
+        let n = backing.fill(&mut batch[..self.batch]);
+        if n == 0 {
+            return None;
+        }
+        self.park(backing, &batch[1..n]);
+        NonNull::new(batch[0] as *mut u8)
     }
 
-    /// The cache is empty (or locked): take a batch, keep one item for the caller, cache the rest;
-    /// what does not fit goes back into the batch's own slots.
+    /// The cache is empty (or locked): take a batch (from the global level, else from below it),
+    /// keep one item for the caller and cache the rest; what does not fit goes back into the
+    /// batch's own global slots, or to the global level or the backing.
     #[cold]
-    fn refill(&self, seq: Sequences, index: Index) -> Option<NonNull<u8>> {
+    fn refill<B: Backing>(&self, seq: Sequences, index: Index, backing: &B) -> Option<NonNull<u8>> {
         let mut batch = [0usize; MAX_CHAIN];
-        let (n, slots) = self.global.take_batch(&mut batch)?;
+        let (n, slots) = match self.global.take_batch(&mut batch) {
+            Some((n, slots)) => (n, Some(slots)),
+            None if B::FILLS => match backing.fill(&mut batch[..self.batch]) {
+                0 => return None,
+                n => (n, None),
+            },
+            None => return None,
+        };
         let mut unplaced = n; // batch[1..unplaced] still need a home
         while unplaced > 1 {
             let id = seq.current().index(index) as usize;
@@ -236,7 +339,7 @@ impl RawFreeList {
                 break;
             }
             let (count, cache) = self.cache(id);
-            // SAFETY: as in `push`.
+            // SAFETY: as in `push_backed`.
             match unsafe {
                 seq.stack_push(
                     index,
@@ -252,8 +355,46 @@ impl RawFreeList {
                 Outcome::CompareFailed => break,
             }
         }
-        self.global.fill_reserved(slots, &batch[1..unplaced]);
+        match slots {
+            Some(slots) => self.global.fill_reserved(slots, &batch[1..unplaced]),
+            None => self.park(backing, &batch[1..unplaced]),
+        }
         NonNull::new(batch[0] as *mut u8)
+    }
+
+    /// Puts fresh items from the backing at the global level, or back into the backing when the
+    /// global level has no memory for them.
+    fn park<B: Backing>(&self, backing: &B, items: &[usize]) {
+        for chunk in items.chunks(MAX_CHAIN) {
+            if self.global.push_items(chunk).is_err() {
+                backing.spill(chunk);
+            }
+        }
+    }
+
+    /// Moves one batch from the global level into `out` (at least [`MAX_CHAIN`] long): how many.
+    /// With [`Self::drain`] first, repeating this until 0 empties the freelist of everything
+    /// pushed before the drain.
+    pub(crate) fn pop_global_batch(&self, out: &mut [usize]) -> usize {
+        match self.global.take_batch(out) {
+            Some((n, slots)) => {
+                self.global.fill_reserved(slots, &[]);
+                n
+            }
+            None => 0,
+        }
+    }
+
+    /// About how many items wait at the global level.
+    pub(crate) fn global_len(&self) -> usize {
+        self.global.len()
+    }
+
+    /// About how many items wait in CPU caches (racy: counts move while they are read).
+    pub(crate) fn cached_len(&self) -> usize {
+        (0..self.cpus)
+            .map(|id| (self.count(id).load(Ordering::Relaxed) & !STACK_LOCKED).min(self.capacity))
+            .sum()
     }
 
     /// Takes a block from the global level only, never refilling a cache: after [`Self::drain`],

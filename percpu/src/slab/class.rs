@@ -1,0 +1,141 @@
+//! Size classes: which block size serves a request.
+//!
+//! 16-byte steps up to 128 bytes, then four classes per doubling (160, 192, 224, 256, 320, ...)
+//! up to [`MAX_SMALL`]: 40 classes. A block is at most 15 bytes larger than a request of up to
+//! 128 bytes, and less than 25% larger above that (at most 20% of the block is waste). Every
+//! power of two from 16 up is a class, so any alignment up to [`MAX_SMALL`] has a class whose
+//! size is a multiple of it, and blocks, laid out at multiples of their size from a slab start,
+//! are aligned to it.
+
+/// The largest request (size, or size rounded up to its alignment) served from slabs; larger
+/// ones get their own mapping.
+pub(crate) const MAX_SMALL: usize = 32 << 10;
+/// Number of size classes.
+pub(crate) const CLASSES: usize = 40;
+/// The alignment every block has without asking.
+pub(crate) const MIN_ALIGN: usize = 16;
+
+/// Block size of each class, ascending.
+pub(crate) const SIZES: [usize; CLASSES] = sizes();
+
+const fn sizes() -> [usize; CLASSES] {
+    let mut sizes = [0; CLASSES];
+    let mut i = 0;
+    while i < 8 {
+        sizes[i] = 16 * (i + 1);
+        i += 1;
+    }
+    let mut shift = 7;
+    while shift < 15 {
+        let mut step = 1;
+        while step <= 4 {
+            sizes[i] = (1 << shift) + step * (1 << (shift - 2));
+            i += 1;
+            step += 1;
+        }
+        shift += 1;
+    }
+    assert!(i == CLASSES && sizes[CLASSES - 1] == MAX_SMALL);
+    sizes
+}
+
+/// The class of a request of `size <= MAX_SMALL` bytes with the default alignment.
+#[inline(always)]
+pub(crate) const fn class_of(size: usize) -> usize {
+    debug_assert!(size <= MAX_SMALL);
+    if size <= 128 {
+        // 0 shares class 0 with 1..=16.
+        return size.saturating_sub(1) / 16;
+    }
+    // size in (2^shift, 2^(shift+1)]: four classes of 2^(shift-2) each.
+    let shift = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize;
+    let step = (size - 1 - (1 << shift)) >> (shift - 2);
+    8 + (shift - 7) * 4 + step
+}
+
+/// The class for a request, or `None` when it is too large (or too aligned) for slabs.
+#[inline(always)]
+pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
+    if align <= MIN_ALIGN {
+        if size <= MAX_SMALL {
+            Some(class_of(size))
+        } else {
+            None
+        }
+    } else {
+        aligned_class_for(size, align)
+    }
+}
+
+#[cold]
+fn aligned_class_for(size: usize, align: usize) -> Option<usize> {
+    if align > MAX_SMALL || size > MAX_SMALL {
+        return None;
+    }
+    let size = size.max(1).next_multiple_of(align);
+    if size > MAX_SMALL {
+        return None;
+    }
+    // A power of two at least `size` is a class and a multiple of `align`: at most three steps.
+    let mut class = class_of(size);
+    while !SIZES[class].is_multiple_of(align) {
+        class += 1;
+    }
+    Some(class)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_ascend_and_cover_every_power_of_two() {
+        assert!(SIZES.windows(2).all(|w| w[0] < w[1]));
+        assert!(SIZES.iter().all(|s| s % MIN_ALIGN == 0));
+        for shift in 4..=15 {
+            assert!(SIZES.contains(&(1 << shift)), "2^{shift}");
+        }
+    }
+
+    #[test]
+    fn every_size_gets_the_smallest_class_that_fits_within_the_waste_bound() {
+        for size in 0..=MAX_SMALL {
+            let class = class_of(size);
+            let block = SIZES[class];
+            assert!(block >= size, "size {size} got {block}");
+            assert!(
+                class == 0 || SIZES[class - 1] < size,
+                "size {size}: {block} not smallest"
+            );
+            if size <= 128 {
+                assert!(block - size.max(1) < 16, "size {size}");
+            } else {
+                assert!(
+                    (block - size) * 4 < size,
+                    "size {size}: {block} wastes 25% or more"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn aligned_requests_get_aligned_classes() {
+        for shift in 0..=16 {
+            let align = 1usize << shift;
+            for size in [0, 1, 15, 16, 17, 100, 1000, 5000, 20000, 32768] {
+                match class_for(size, align) {
+                    Some(class) => {
+                        let block = SIZES[class];
+                        assert!(block >= size && block.is_multiple_of(align.max(MIN_ALIGN)));
+                        assert!(align <= MAX_SMALL);
+                    }
+                    None => assert!(size.max(1).next_multiple_of(align) > MAX_SMALL),
+                }
+            }
+        }
+        assert_eq!(class_for(MAX_SMALL + 1, 8), None);
+        assert_eq!(class_for(8, MAX_SMALL * 2), None);
+        // 48 bytes aligned to 32: 64 (48 is a class but not a multiple of 32).
+        assert_eq!(SIZES[class_for(48, 32).unwrap()], 64);
+    }
+}

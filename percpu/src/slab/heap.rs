@@ -1,0 +1,234 @@
+//! One allocator's state: per size class a freelist (per-CPU caches over a transfer level)
+//! backed by the class's central level; the page heap under them; large blocks beside them.
+
+use core::ptr::{self, NonNull};
+
+use super::central::Central;
+use super::class::{CLASSES, SIZES};
+use super::large::Large;
+use super::lock::SpinLock;
+use super::pages::PageHeap;
+use super::stats::{AllocStats, ClassStats};
+use crate::counter::RawCounters;
+use crate::freelist::{Backing, MAX_CHAIN, RawFreeList};
+
+/// Counters: allocations of class `c` at `2c`, frees at `2c + 1`.
+const COUNTERS: usize = 2 * CLASSES;
+
+/// Per-CPU cache capacity, in blocks, for a class of `size` bytes given a byte budget per class.
+pub(crate) fn cache_capacity(size: usize, cache_bytes: usize) -> usize {
+    (cache_bytes / size).clamp(2, 1024)
+}
+
+/// Transfer-level length beyond which a class's overflow goes to its slabs: about 1 MiB.
+fn transfer_limit(size: usize) -> usize {
+    ((1 << 20) / size).clamp(2 * MAX_CHAIN, 8192)
+}
+
+pub(crate) struct Class {
+    pub(crate) list: RawFreeList,
+    pub(crate) central: Central,
+    limit: usize,
+}
+
+pub(crate) struct Heap {
+    classes: [Class; CLASSES],
+    pub(crate) pages: PageHeap,
+    pub(crate) large: Large,
+    counts: RawCounters<COUNTERS>,
+    /// Serialises `trim` (and holds off `fork` while one runs).
+    trim_lock: SpinLock,
+    pub(crate) page_size: usize,
+    /// Next heap registered for the fork handlers.
+    pub(crate) fork_next: core::sync::atomic::AtomicPtr<Heap>,
+}
+
+/// A class's levels below its freelist, as the freelist sees them.
+struct Below<'a> {
+    class: &'a Class,
+    pages: &'a PageHeap,
+}
+
+impl Backing for Below<'_> {
+    const SPILLS: bool = true;
+    const FILLS: bool = true;
+
+    fn global_limit(&self) -> usize {
+        self.class.limit
+    }
+
+    fn spill(&self, items: &[usize]) {
+        self.class.central.spill(self.pages, items);
+    }
+
+    fn fill(&self, out: &mut [usize]) -> usize {
+        self.class.central.fill(self.pages, out)
+    }
+}
+
+impl Heap {
+    /// Builds a heap in place at `at` (zeroed, suitably aligned memory). `false` when out of
+    /// memory; nothing is left allocated then.
+    ///
+    /// # Safety
+    /// `at` is valid for writes of a `Heap` and holds nothing that needs dropping.
+    pub(crate) unsafe fn init(at: *mut Heap, cache_bytes: usize, page_size: usize) -> bool {
+        let Some(pages) = PageHeap::new(page_size) else {
+            return false;
+        };
+        // Built in place, one class at a time: a `Heap` is too large to build on small stacks.
+        for (c, &size) in SIZES.iter().enumerate() {
+            let Ok(list) = RawFreeList::new(cache_capacity(size, cache_bytes)) else {
+                for done in 0..c {
+                    // SAFETY: classes below `c` were written just now and are dropped once.
+                    unsafe { ptr::drop_in_place(ptr::addr_of_mut!((*at).classes[done])) };
+                }
+                return false;
+            };
+            let class = Class {
+                list,
+                central: Central::new(c, size),
+                limit: transfer_limit(size),
+            };
+            // SAFETY: `at` is valid for a Heap, so its `classes[c]` is valid for writes.
+            unsafe { ptr::addr_of_mut!((*at).classes[c]).write(class) };
+        }
+        // SAFETY: as above, field by field.
+        unsafe {
+            ptr::addr_of_mut!((*at).pages).write(pages);
+            ptr::addr_of_mut!((*at).large).write(Large::new(page_size));
+            ptr::addr_of_mut!((*at).counts).write(RawCounters::new());
+            ptr::addr_of_mut!((*at).trim_lock).write(SpinLock::new());
+            ptr::addr_of_mut!((*at).page_size).write(page_size);
+            ptr::addr_of_mut!((*at).fork_next).write(Default::default());
+        }
+        true
+    }
+
+    #[inline(always)]
+    fn class(&self, class: usize) -> &Class {
+        debug_assert!(class < CLASSES);
+        // SAFETY: class indices come from `class_for` or a slab descriptor, both below CLASSES.
+        unsafe { self.classes.get_unchecked(class) }
+    }
+
+    /// A block of size class `class`, or null when out of memory.
+    #[inline(always)]
+    pub(crate) fn alloc_small(&self, class: usize) -> *mut u8 {
+        let below = Below {
+            class: self.class(class),
+            pages: &self.pages,
+        };
+        match below.class.list.pop_backed(&below) {
+            Some(block) => {
+                self.counts.add(2 * class, 1);
+                block.as_ptr()
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Frees `block`, a live block of size class `class`.
+    #[inline(always)]
+    pub(crate) fn free_small(&self, class: usize, block: NonNull<u8>) {
+        let below = Below {
+            class: self.class(class),
+            pages: &self.pages,
+        };
+        // A backed freelist always finds room (its backing takes what the global level cannot).
+        let _ = below.class.list.push_backed(block, &below);
+        self.counts.add(2 * class + 1, 1);
+    }
+
+    /// The size class of `block` when it is a slab block; `None` for large blocks.
+    #[inline]
+    pub(crate) fn class_of_block(&self, block: *const u8) -> Option<usize> {
+        let class = self
+            .pages
+            .lookup(block as usize)?
+            .class
+            .load(core::sync::atomic::Ordering::Relaxed);
+        (class != 0).then(|| class as usize - 1)
+    }
+
+    /// Moves every cached block back to its slab and returns empty slabs and cached large
+    /// mappings to the kernel: the bytes released.
+    pub(crate) fn trim(&self) -> usize {
+        let _guard = self.trim_lock.lock();
+        let mut batch = [0usize; MAX_CHAIN];
+        for class in &self.classes {
+            // Without a fence, other CPUs' caches stay as they are; the rest still goes back.
+            let _ = class.list.drain();
+            let below = Below {
+                class,
+                pages: &self.pages,
+            };
+            loop {
+                let n = class.list.pop_global_batch(&mut batch);
+                if n == 0 {
+                    break;
+                }
+                below.spill(&batch[..n]);
+            }
+        }
+        self.pages.release_empty() + self.large.release_cached()
+    }
+
+    pub(crate) fn stats(&self) -> AllocStats {
+        let counts = self.counts.sums();
+        let classes = core::array::from_fn(|c| {
+            let class = &self.classes[c];
+            let size = SIZES[c];
+            let allocs = counts[2 * c].max(0) as u64;
+            let frees = counts[2 * c + 1].max(0) as u64;
+            let slabs = class.central.slabs();
+            let live = class.central.live();
+            ClassStats {
+                size,
+                allocs,
+                frees,
+                in_use_bytes: allocs.saturating_sub(frees) as usize * size,
+                cpu_cached_bytes: class.list.cached_len() * size,
+                transfer_bytes: class.list.global_len() * size,
+                central_bytes: (slabs * (super::pages::SLAB_SIZE / size)).saturating_sub(live)
+                    * size,
+                slabs,
+            }
+        });
+        AllocStats {
+            classes,
+            large_allocs: self.large.allocs() as u64,
+            large_frees: self.large.frees() as u64,
+            large_in_use_bytes: self.large.in_use_bytes(),
+            large_cached_bytes: self.large.cached_bytes(),
+            slab_mapped_bytes: self.pages.mapped_bytes(),
+            slab_empty_bytes: self.pages.empty_bytes(),
+            slab_released_bytes: self.pages.released_bytes(),
+        }
+    }
+
+    /// Takes every lock, in the one order they nest (trim, central levels, page heap, large
+    /// cache), so `fork` copies none of them held by a thread that will not exist in the child.
+    pub(crate) fn lock_for_fork(&self) {
+        self.trim_lock.acquire();
+        for class in &self.classes {
+            class.central.lock_for_fork();
+        }
+        self.pages.lock_for_fork();
+        self.large.lock_for_fork();
+    }
+
+    /// # Safety
+    /// After [`Self::lock_for_fork`], in the parent or the child.
+    pub(crate) unsafe fn unlock_after_fork(&self) {
+        // SAFETY: the caller took them all in `lock_for_fork`.
+        unsafe {
+            self.large.unlock_after_fork();
+            self.pages.unlock_after_fork();
+            for class in &self.classes {
+                class.central.unlock_after_fork();
+            }
+            self.trim_lock.release();
+        }
+    }
+}

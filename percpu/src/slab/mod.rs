@@ -1,0 +1,412 @@
+//! A per-CPU slab allocator: [`PerCpuAlloc`], usable as `#[global_allocator]`.
+//!
+//! # Levels
+//! - **Per-CPU caches**, one per size class: a [`RawFreeList`](crate::RawFreeList)'s array
+//!   stacks. `alloc` and `dealloc` of a small block are one rseq sequence each plus a per-CPU
+//!   statistics add; nothing shared is written.
+//! - **Transfer level**, per class: the freelist's lock-free global level. Full caches overflow
+//!   into it and empty ones refill from it, a batch at a time, so a thread that frees what
+//!   another allocates passes blocks across CPUs without reaching the slabs.
+//! - **Central level**, per class ([`central`]): the slabs serving the class, each with its own
+//!   free list and live count, under one lock reached only in batches: when the transfer level
+//!   is empty (fill) or holds more than about 1 MiB (spill).
+//! - **Page heap** ([`pages`]): 256 KiB slabs, mapped 4 MiB at a time, and the address → slab
+//!   map that finds any block's class from its pointer. Empty slabs come back here; beyond a
+//!   few kept resident, their memory goes back to the kernel with `MADV_DONTNEED`.
+//! - **Large blocks** ([`large`]) beyond 32 KiB: a mapping each, with a bounded cache of freed
+//!   mappings, and `mremap` for `realloc`.
+//!
+//! Memory is bounded by CPUs, not threads: caches belong to CPUs, so a thread that exits
+//! strands nothing, and there is nothing to flush.
+//!
+//! # Without rseq
+//! Threads without rseq (or every thread under `PERCPU_FORCE_FALLBACK=1`) skip the per-CPU
+//! caches and use the transfer level directly: lock-free atomics, allocation-free.
+//!
+//! # Rules it keeps
+//! Every path is free of the global allocator (all memory is `mmap`ed), of panics and unwinding,
+//! and of locks that could allocate: the only locks are the spinlocks of the slow paths, taken
+//! by `pthread_atfork` around `fork` so that the child can allocate at once.
+
+mod central;
+mod class;
+mod heap;
+mod large;
+mod lock;
+mod pages;
+mod stats;
+
+pub use stats::{AllocStats, ClassStats};
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+
+use class::{CLASSES, MAX_SMALL, SIZES, class_for};
+use heap::Heap;
+use lock::SpinLock;
+
+/// Number of size classes ([`AllocStats::classes`] has one entry each).
+pub const SIZE_CLASSES: usize = CLASSES;
+/// The largest block served from slabs; larger requests get a mapping each.
+pub const MAX_SMALL_SIZE: usize = MAX_SMALL;
+/// Default per-CPU cache budget per size class, in bytes (see
+/// [`PerCpuAlloc::with_cpu_cache_bytes`]).
+pub const DEFAULT_CPU_CACHE_BYTES: usize = 32 << 10;
+
+const UNINIT: u8 = 0;
+const INITIALIZING: u8 = 1;
+const READY: u8 = 2;
+
+/// A per-CPU slab allocator.
+///
+/// ```
+/// use percpu::PerCpuAlloc;
+///
+/// #[global_allocator]
+/// static GLOBAL: PerCpuAlloc = PerCpuAlloc::new();
+///
+/// let v: Vec<u64> = (0..1000).collect();
+/// assert_eq!(v.iter().sum::<u64>(), 499_500);
+/// assert!(GLOBAL.stats().allocs() > 0);
+/// ```
+///
+/// It can also be used as a value (through [`GlobalAlloc`]); dropping it unmaps all its memory,
+/// so every block it gave must be freed (or forgotten) first.
+///
+/// Initialisation happens on first use and allocates nothing. Sizes up to
+/// [`MAX_SMALL_SIZE`] come from size classes (at most 15 bytes or 25% above the request);
+/// any power-of-two alignment is honoured.
+pub struct PerCpuAlloc {
+    heap: AtomicPtr<Heap>,
+    state: AtomicU8,
+    /// `pthread_self()` of the thread initialising, so it can refuse re-entry instead of
+    /// waiting for itself.
+    initializer: AtomicUsize,
+    cpu_cache_bytes: usize,
+}
+
+impl PerCpuAlloc {
+    /// An allocator with the default per-CPU cache budget.
+    pub const fn new() -> PerCpuAlloc {
+        PerCpuAlloc::with_cpu_cache_bytes(DEFAULT_CPU_CACHE_BYTES)
+    }
+
+    /// An allocator whose per-CPU caches hold about `bytes` per size class (at least 2 and at
+    /// most 1024 blocks each): per CPU, at most about `40 × bytes` sit in caches.
+    pub const fn with_cpu_cache_bytes(bytes: usize) -> PerCpuAlloc {
+        PerCpuAlloc {
+            heap: AtomicPtr::new(ptr::null_mut()),
+            state: AtomicU8::new(UNINIT),
+            initializer: AtomicUsize::new(0),
+            cpu_cache_bytes: bytes,
+        }
+    }
+
+    #[inline(always)]
+    fn heap(&self) -> Option<&Heap> {
+        let heap = self.heap.load(Ordering::Acquire);
+        if heap.is_null() {
+            return self.init();
+        }
+        // SAFETY: a published heap lives until `self` is dropped.
+        Some(unsafe { &*heap })
+    }
+
+    /// The heap of an allocator that gave out a block: always initialised.
+    #[inline(always)]
+    fn heap_of_block(&self) -> Option<&Heap> {
+        // SAFETY: as in `heap`; the block's owner saw the heap published, and passing the block
+        // here carried that knowledge (a happens-before edge) with it.
+        unsafe { self.heap.load(Ordering::Acquire).as_ref() }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn init(&self) -> Option<&Heap> {
+        // SAFETY: pthread_self has no preconditions and allocates nothing.
+        let me = unsafe { libc::pthread_self() } as usize;
+        loop {
+            match self.state.compare_exchange(
+                UNINIT,
+                INITIALIZING,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(READY) => return self.heap_of_block(),
+                Err(_) => {
+                    if self.initializer.load(Ordering::Relaxed) == me {
+                        return None; // Re-entered while initialising: refuse, never wait on itself.
+                    }
+                    // SAFETY: sched_yield has no preconditions.
+                    unsafe { libc::sched_yield() };
+                }
+            }
+        }
+        self.initializer.store(me, Ordering::Relaxed);
+        let heap = create_heap(self.cpu_cache_bytes);
+        self.initializer.store(0, Ordering::Relaxed);
+        let Some(heap) = heap else {
+            self.state.store(UNINIT, Ordering::Release);
+            return None;
+        };
+        self.heap.store(heap.as_ptr(), Ordering::Release);
+        self.state.store(READY, Ordering::Release);
+        // SAFETY: just published; it lives until `self` drops (and unregisters it).
+        let heap = unsafe { heap.as_ref() };
+        register_for_fork(heap);
+        Some(heap)
+    }
+
+    /// Statistics: bytes in use per size class, bytes cached at each level, mapped and released
+    /// bytes, allocation and free counts. Allocates nothing.
+    pub fn stats(&self) -> AllocStats {
+        self.heap_of_block().map(Heap::stats).unwrap_or_default()
+    }
+
+    /// Moves every free block in the per-CPU caches and the transfer level back to its slab
+    /// (fencing other CPUs, as [`RawFreeList::drain`](crate::RawFreeList::drain) does), and
+    /// returns empty slabs and cached large mappings to the kernel. Returns the bytes released.
+    /// Safe while other threads allocate.
+    pub fn trim(&self) -> usize {
+        self.heap_of_block().map_or(0, Heap::trim)
+    }
+
+    /// Bytes usable at `block` (at least the size it was allocated with).
+    ///
+    /// # Safety
+    /// `block` was returned by this allocator and not freed.
+    pub unsafe fn usable_size(&self, block: *const u8) -> usize {
+        let Some(heap) = self.heap_of_block() else {
+            return 0;
+        };
+        match heap.class_of_block(block) {
+            Some(class) => SIZES[class],
+            None => heap.large.usable_size(block),
+        }
+    }
+
+    /// Frees `block` knowing only its address (as C's `free` does).
+    ///
+    /// # Safety
+    /// `block` was returned by this allocator and not freed, or is null (then nothing happens).
+    pub unsafe fn free(&self, block: *mut u8) {
+        let (Some(heap), Some(nonnull)) = (self.heap_of_block(), NonNull::new(block)) else {
+            return;
+        };
+        match heap.class_of_block(block) {
+            Some(class) => heap.free_small(class, nonnull),
+            None => heap.large.free(block),
+        }
+    }
+
+    /// A large block, or null; zeroed when asked (skipping the memset on fresh mappings).
+    #[cold]
+    fn alloc_large(heap: &Heap, layout: Layout, zeroed: bool) -> *mut u8 {
+        match heap.large.alloc(layout.size(), layout.align()) {
+            Some(block) => {
+                if zeroed && !block.zeroed {
+                    // SAFETY: the block has at least `size` writable bytes.
+                    unsafe { ptr::write_bytes(block.ptr, 0, layout.size()) };
+                }
+                block.ptr
+            }
+            None => ptr::null_mut(),
+        }
+    }
+}
+
+impl Default for PerCpuAlloc {
+    fn default() -> PerCpuAlloc {
+        PerCpuAlloc::new()
+    }
+}
+
+impl core::fmt::Debug for PerCpuAlloc {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PerCpuAlloc")
+            .field("cpu_cache_bytes", &self.cpu_cache_bytes)
+            .field("initialised", &!self.heap.load(Ordering::Acquire).is_null())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps and builds a heap; `None` when out of memory.
+fn create_heap(cpu_cache_bytes: usize) -> Option<NonNull<Heap>> {
+    // SAFETY: sysconf has no preconditions.
+    let page_size = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 && (n as usize).is_power_of_two() => n as usize,
+        _ => 4096,
+    };
+    let len = core::mem::size_of::<Heap>();
+    let at = pages::map(len)? as *mut Heap;
+    const { assert!(core::mem::align_of::<Heap>() <= 4096) };
+    // SAFETY: a fresh mapping, page-aligned and large enough, holding nothing.
+    if unsafe { Heap::init(at, cpu_cache_bytes, page_size) } {
+        NonNull::new(at)
+    } else {
+        // SAFETY: the mapping just made; `init` left nothing in it.
+        unsafe { libc::munmap(at.cast(), len) };
+        None
+    }
+}
+
+// SAFETY: every method upholds GlobalAlloc's contract: blocks are at least `layout.size()`
+// bytes, aligned to `layout.align()`, disjoint while live; failure returns null; nothing
+// unwinds (no path panics) and nothing calls the global allocator.
+unsafe impl GlobalAlloc for PerCpuAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let Some(heap) = self.heap() else {
+            return ptr::null_mut();
+        };
+        match class_for(layout.size(), layout.align()) {
+            Some(class) => heap.alloc_small(class),
+            None => Self::alloc_large(heap, layout, false),
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        let Some(heap) = self.heap_of_block() else {
+            return;
+        };
+        match (
+            class_for(layout.size(), layout.align()),
+            NonNull::new(block),
+        ) {
+            (Some(class), Some(block)) => {
+                debug_assert_eq!(heap.class_of_block(block.as_ptr()), Some(class));
+                heap.free_small(class, block);
+            }
+            (None, Some(_)) => heap.large.free(block),
+            (_, None) => {}
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let Some(heap) = self.heap() else {
+            return ptr::null_mut();
+        };
+        match class_for(layout.size(), layout.align()) {
+            Some(class) => {
+                let block = heap.alloc_small(class);
+                if !block.is_null() {
+                    // SAFETY: the block has at least `size` writable bytes.
+                    unsafe { ptr::write_bytes(block, 0, layout.size()) };
+                }
+                block
+            }
+            None => Self::alloc_large(heap, layout, true),
+        }
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Some(heap) = self.heap_of_block() else {
+            return ptr::null_mut();
+        };
+        let old = class_for(layout.size(), layout.align());
+        let new = class_for(new_size, layout.align());
+        match (old, new) {
+            (Some(a), Some(b)) if a == b => return block,
+            (None, None) if layout.align() <= heap.page_size => {
+                if let Some(moved) = heap.large.realloc(block, new_size) {
+                    return moved;
+                }
+            }
+            _ => {}
+        }
+        // SAFETY: (caller's contract) the new layout is valid: same alignment, a size that
+        // does not overflow isize when rounded up.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: a valid, non-zero-or-handled layout; this allocator's own alloc.
+        let moved = unsafe { self.alloc(new_layout) };
+        if !moved.is_null() {
+            // SAFETY: both blocks are live, disjoint, and hold at least the bytes copied.
+            unsafe { ptr::copy_nonoverlapping(block, moved, layout.size().min(new_size)) };
+            // SAFETY: `block` was allocated here with `layout` and is not used again.
+            unsafe { self.dealloc(block, layout) };
+        }
+        moved
+    }
+}
+
+impl Drop for PerCpuAlloc {
+    fn drop(&mut self) {
+        let heap = *self.heap.get_mut();
+        if heap.is_null() {
+            return;
+        }
+        // SAFETY: the heap lives until the end of this function.
+        unregister_for_fork(unsafe { &*heap });
+        // SAFETY: `&mut self`: no thread uses the heap any more. It was built in a mapping of
+        // exactly this size, which goes with it.
+        unsafe {
+            ptr::drop_in_place(heap);
+            libc::munmap(heap.cast(), core::mem::size_of::<Heap>());
+        }
+    }
+}
+
+/// Live heaps, for the fork handlers: linked through `Heap::fork_next`. Heaps, unlike their
+/// `PerCpuAlloc` values, never move.
+static FORK_REGISTRY: SpinLock = SpinLock::new();
+static FORK_LIST: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
+static FORK_HANDLERS: AtomicU8 = AtomicU8::new(0);
+
+fn register_for_fork(heap: &Heap) {
+    if FORK_HANDLERS.swap(1, Ordering::AcqRel) == 0 {
+        // SAFETY: the handlers are plain functions that live for the whole program. A failure
+        // (ENOMEM) leaves fork unguarded, as it was before.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    }
+    let _guard = FORK_REGISTRY.lock();
+    heap.fork_next
+        .store(FORK_LIST.load(Ordering::Relaxed), Ordering::Relaxed);
+    FORK_LIST.store(ptr::from_ref(heap).cast_mut(), Ordering::Relaxed);
+}
+
+fn unregister_for_fork(heap: &Heap) {
+    let _guard = FORK_REGISTRY.lock();
+    let me = ptr::from_ref(heap).cast_mut();
+    let mut link = &FORK_LIST;
+    loop {
+        let at = link.load(Ordering::Relaxed);
+        // SAFETY: registered heaps stay alive until they unregister under this lock.
+        let Some(entry) = (unsafe { at.as_ref() }) else {
+            return;
+        };
+        if at == me {
+            link.store(entry.fork_next.load(Ordering::Relaxed), Ordering::Relaxed);
+            return;
+        }
+        link = &entry.fork_next;
+    }
+}
+
+/// Calls `f` with each registered heap (under the registry lock, held by the caller).
+fn for_each_registered_heap(mut f: impl FnMut(&Heap)) {
+    let mut at = FORK_LIST.load(Ordering::Relaxed);
+    // SAFETY: registered heaps stay alive until they unregister under the registry lock.
+    while let Some(heap) = unsafe { at.as_ref() } {
+        f(heap);
+        at = heap.fork_next.load(Ordering::Relaxed);
+    }
+}
+
+extern "C" fn before_fork() {
+    FORK_REGISTRY.acquire();
+    for_each_registered_heap(Heap::lock_for_fork);
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: `before_fork` took every lock in this process (the child is a copy of it).
+    for_each_registered_heap(|heap| unsafe { heap.unlock_after_fork() });
+    // SAFETY: as above.
+    unsafe { FORK_REGISTRY.release() };
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+//! The allocator used as a value: layouts, levels, statistics and memory return.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::collections::HashSet;
+
+use super::class::class_of;
+use super::pages::SLAB_SIZE;
+use super::*;
+
+fn layout(size: usize, align: usize) -> Layout {
+    Layout::from_size_align(size, align).unwrap()
+}
+
+/// Fills `len` bytes at `p` with a pattern derived from `seed`.
+unsafe fn fill(p: *mut u8, len: usize, seed: u8) {
+    for i in 0..len {
+        // SAFETY: (caller) `p` has `len` writable bytes.
+        unsafe { *p.add(i) = seed.wrapping_add(i as u8) };
+    }
+}
+
+unsafe fn check(p: *const u8, len: usize, seed: u8) {
+    for i in 0..len {
+        // SAFETY: (caller) `p` has `len` readable bytes.
+        let byte = unsafe { *p.add(i) };
+        assert_eq!(byte, seed.wrapping_add(i as u8), "byte {i} of {len}");
+    }
+}
+
+#[test]
+fn every_class_and_large_size_gets_distinct_usable_memory() {
+    let a = PerCpuAlloc::new();
+    let mut sizes: Vec<usize> = (0..=256).collect();
+    sizes.extend(SIZES.iter().flat_map(|&s| [s - 1, s, s + 1]));
+    sizes.extend([40_000, 100_000, 1 << 20, (1 << 20) + 1]);
+    let mut blocks = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let l = layout(size, 1);
+        // SAFETY: a valid layout.
+        let p = unsafe { a.alloc(l) };
+        assert!(!p.is_null(), "size {size}");
+        assert_eq!(p as usize % 16, 0, "size {size}");
+        // SAFETY: a live block of this allocator.
+        assert!(unsafe { a.usable_size(p) } >= size, "size {size}");
+        // SAFETY: the block has `size` bytes.
+        unsafe { fill(p, size, i as u8) };
+        blocks.push((p, l, i as u8));
+    }
+    for &(p, l, seed) in &blocks {
+        // SAFETY: still live; no other block overlapped it.
+        unsafe { check(p, l.size(), seed) };
+        // SAFETY: allocated here with `l`.
+        unsafe { a.dealloc(p, l) };
+    }
+}
+
+#[test]
+fn every_power_of_two_alignment_up_to_a_mebibyte() {
+    let a = PerCpuAlloc::new();
+    for shift in 0..=20 {
+        let align = 1usize << shift;
+        for size in [0, 1, align / 2, align, align + 1, 3 * align, 50_000] {
+            let l = layout(size, align);
+            // SAFETY: a valid layout.
+            let p = unsafe { a.alloc(l) };
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0, "size {size} align {align}");
+            // SAFETY: the block has `size` bytes.
+            unsafe { fill(p, size, 7) };
+            // SAFETY: as above.
+            unsafe { check(p, size, 7) };
+            // SAFETY: allocated here with `l`.
+            unsafe { a.dealloc(p, l) };
+        }
+    }
+}
+
+#[test]
+fn no_block_is_handed_out_twice() {
+    let a = PerCpuAlloc::new();
+    for size in [16, 48, 1000, 32 << 10] {
+        let l = layout(size, 8);
+        let n = 3 * SLAB_SIZE / size + 1000; // several slabs, through every level
+        // SAFETY: a valid layout.
+        let blocks: Vec<usize> = (0..n).map(|_| unsafe { a.alloc(l) } as usize).collect();
+        let distinct: HashSet<usize> = blocks.iter().copied().collect();
+        assert_eq!(distinct.len(), n, "size {size}");
+        let mut sorted = blocks.clone();
+        sorted.sort_unstable();
+        assert!(
+            sorted.windows(2).all(|w| w[1] - w[0] >= size),
+            "overlap at size {size}"
+        );
+        for &p in &blocks {
+            // SAFETY: allocated here with `l`.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        // Freed blocks come back: the same set again.
+        // SAFETY: a valid layout.
+        let again: HashSet<usize> = (0..n).map(|_| unsafe { a.alloc(l) } as usize).collect();
+        assert_eq!(again.len(), n);
+        for &p in &again {
+            // SAFETY: allocated here with `l`.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+    }
+}
+
+#[test]
+fn free_by_pointer_alone_finds_the_class() {
+    let a = PerCpuAlloc::new();
+    for size in [1, 100, 5000, 32 << 10, 100_000] {
+        let l = layout(size, 1);
+        // SAFETY: a valid layout.
+        let p = unsafe { a.alloc(l) };
+        // SAFETY: a live block.
+        let usable = unsafe { a.usable_size(p) };
+        assert!(
+            usable >= size && (size > MAX_SMALL || usable == SIZES[class_for(size, 1).unwrap()])
+        );
+        // SAFETY: a live block of this allocator, freed once.
+        unsafe { a.free(p) };
+    }
+    let stats = a.stats();
+    assert_eq!(stats.allocs(), 5);
+    assert_eq!(stats.frees(), 5);
+    assert_eq!(stats.in_use_bytes(), 0);
+    // SAFETY: null is allowed.
+    unsafe { a.free(ptr::null_mut()) };
+}
+
+#[test]
+fn realloc_stays_in_place_within_a_class_and_keeps_contents_across_levels() {
+    let a = PerCpuAlloc::new();
+    let l = layout(100, 8);
+    // SAFETY: a valid layout.
+    let p = unsafe { a.alloc(l) };
+    // SAFETY: 100 bytes.
+    unsafe { fill(p, 100, 3) };
+    // 100 and 112 share the 112-byte class.
+    // SAFETY: `p` is live with `l`.
+    let q = unsafe { a.realloc(p, l, 112) };
+    assert_eq!(p, q);
+    // Grow through small classes into large ones and back down, checking the prefix.
+    let mut p = q;
+    let mut size = 112;
+    for next in [
+        500,
+        4000,
+        40_000,
+        1 << 20,
+        9 << 20,
+        3 << 20,
+        60_000,
+        20_000,
+        50,
+        8,
+    ] {
+        // SAFETY: `p` is live with (size, 8).
+        let q = unsafe { a.realloc(p, layout(size, 8), next) };
+        assert!(!q.is_null());
+        // SAFETY: the kept prefix.
+        unsafe { check(q, size.min(next).min(100), 3) };
+        p = q;
+        size = next;
+    }
+    // SAFETY: live with (size, 8).
+    unsafe { a.dealloc(p, layout(size, 8)) };
+    assert_eq!(a.stats().in_use_bytes(), 0);
+}
+
+#[test]
+fn large_realloc_remaps_without_copying_when_it_can() {
+    let a = PerCpuAlloc::new();
+    let l = layout(1 << 20, 8);
+    // SAFETY: a valid layout.
+    let p = unsafe { a.alloc(l) };
+    // SAFETY: 1 MiB.
+    unsafe { fill(p, 1 << 20, 9) };
+    // Shrinking a mapping never moves it.
+    // SAFETY: live with `l`.
+    let q = unsafe { a.realloc(p, l, 512 << 10) };
+    assert_eq!(p, q);
+    // SAFETY: live, 512 KiB kept.
+    unsafe { check(q, 512 << 10, 9) };
+    // SAFETY: live with (512 KiB, 8).
+    let r = unsafe { a.realloc(q, layout(512 << 10, 8), 64 << 20) };
+    assert!(!r.is_null());
+    // SAFETY: as above.
+    unsafe { check(r, 512 << 10, 9) };
+    // SAFETY: live with (64 MiB, 8).
+    unsafe { a.dealloc(r, layout(64 << 20, 8)) };
+}
+
+#[test]
+fn zeroed_memory_is_zero_even_when_reused() {
+    let a = PerCpuAlloc::new();
+    for size in [16, 200, 3000, 32 << 10, 200_000] {
+        let l = layout(size, 16);
+        for round in 0..3 {
+            // SAFETY: a valid layout.
+            let p = unsafe { a.alloc_zeroed(l) };
+            // SAFETY: `size` bytes.
+            let bytes = unsafe { std::slice::from_raw_parts(p, size) };
+            assert!(bytes.iter().all(|&b| b == 0), "size {size} round {round}");
+            // SAFETY: dirty it before it goes back, so the next round reuses dirty memory.
+            unsafe { ptr::write_bytes(p, 0xa5, size) };
+            // SAFETY: allocated here with `l`.
+            unsafe { a.dealloc(p, l) };
+        }
+    }
+}
+
+#[test]
+fn counts_and_bytes_in_use_are_exact() {
+    let a = PerCpuAlloc::new();
+    let l = layout(24, 8); // the 32-byte class
+    // SAFETY: a valid layout.
+    let blocks: Vec<*mut u8> = (0..1000).map(|_| unsafe { a.alloc(l) }).collect();
+    let class = a.stats().classes[1];
+    assert_eq!((class.size, class.allocs, class.frees), (32, 1000, 0));
+    assert_eq!(class.in_use_bytes, 32_000);
+    for &p in &blocks[..400] {
+        // SAFETY: allocated here with `l`.
+        unsafe { a.dealloc(p, l) };
+    }
+    let stats = a.stats();
+    assert_eq!(stats.classes[1].frees, 400);
+    assert_eq!(stats.in_use_bytes(), 600 * 32);
+    let text = stats.to_string();
+    assert!(text.contains("     32         1000          400"), "{text}");
+    for &p in &blocks[400..] {
+        // SAFETY: allocated here with `l`.
+        unsafe { a.dealloc(p, l) };
+    }
+}
+
+#[test]
+fn trim_returns_every_free_slab_to_the_kernel() {
+    let a = PerCpuAlloc::new();
+    let l = layout(1024, 8);
+    let n = 64 * SLAB_SIZE / 1024; // 16 MiB over 64 slabs
+    // SAFETY: a valid layout.
+    let blocks: Vec<*mut u8> = (0..n).map(|_| unsafe { a.alloc(l) }).collect();
+    for &p in &blocks {
+        // SAFETY: touch every block so its memory is resident.
+        unsafe { ptr::write_bytes(p, 1, 1024) };
+    }
+    let before = a.stats();
+    assert!(before.classes[class_of(1024)].slabs >= 64);
+    for &p in &blocks {
+        // SAFETY: allocated here with `l`.
+        unsafe { a.dealloc(p, l) };
+    }
+    let released = a.trim();
+    let after = a.stats();
+    let class = after.classes[class_of(1024)];
+    assert_eq!(class.slabs, 0, "{after}");
+    assert_eq!(class.cpu_cached_bytes + class.transfer_bytes, 0, "{after}");
+    // Slabs beyond the resident few went back as they emptied; trim releases the rest.
+    assert_eq!(released, super::pages::RESIDENT_EMPTY_SLABS * SLAB_SIZE);
+    assert_eq!(after.slab_empty_bytes, 0);
+    assert_eq!(after.slab_released_bytes, after.slab_mapped_bytes);
+    // And the memory serves again.
+    // SAFETY: a valid layout.
+    let p = unsafe { a.alloc(l) };
+    assert!(!p.is_null());
+    // SAFETY: allocated here with `l`.
+    unsafe { a.dealloc(p, l) };
+}
+
+#[test]
+fn per_cpu_caches_hold_what_they_are_configured_to() {
+    let budget = 4096;
+    let a = PerCpuAlloc::with_cpu_cache_bytes(budget);
+    let l = layout(64, 8);
+    // SAFETY: a valid layout.
+    let blocks: Vec<*mut u8> = (0..10_000).map(|_| unsafe { a.alloc(l) }).collect();
+    for &p in &blocks {
+        // SAFETY: allocated here with `l`.
+        unsafe { a.dealloc(p, l) };
+    }
+    let class = a.stats().classes[class_of(64)];
+    let cpus = rseq_sys::possible_cpus() as usize;
+    assert!(class.cpu_cached_bytes <= cpus * budget, "{class:?}");
+    assert_eq!(class.allocs, 10_000);
+    // Everything not cached is at the transfer or central level, none lost.
+    let carved = class.slabs * (SLAB_SIZE / 64) * 64;
+    assert_eq!(
+        class.cpu_cached_bytes + class.transfer_bytes + class.central_bytes,
+        carved,
+        "{class:?}"
+    );
+}
+
+#[test]
+fn huge_requests_fail_cleanly() {
+    let a = PerCpuAlloc::new();
+    let l = layout(isize::MAX as usize - 4095, 4096);
+    // SAFETY: a valid layout.
+    assert!(unsafe { a.alloc(l) }.is_null());
+    // SAFETY: a valid layout.
+    let p = unsafe { a.alloc(layout(10, 8)) };
+    // SAFETY: realloc to an impossible size keeps the old block.
+    let q = unsafe { a.realloc(p, layout(10, 8), isize::MAX as usize - 8192) };
+    assert!(q.is_null());
+    // SAFETY: still live.
+    unsafe { a.dealloc(p, layout(10, 8)) };
+}
