@@ -24,3 +24,8 @@ pub use counter::{Counter, CounterGroup, CounterName, Snapshot};
 pub use freelist::{FreeList, FreeListError, Pool, Pooled, RawFreeList};
 pub use mode::{FallbackReason, Mode, forced_fallback, mode};
 pub use slab::{AllocStats, ClassStats, PerCpuAlloc};
+
+/// The global allocator installed by the `global-allocator` feature.
+#[cfg(feature = "global-allocator")]
+#[global_allocator]
+pub static GLOBAL_ALLOCATOR: PerCpuAlloc = PerCpuAlloc::new();

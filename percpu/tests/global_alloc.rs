@@ -17,8 +17,11 @@ use common::{
 };
 use percpu::{Mode, PerCpuAlloc};
 
+#[cfg(not(feature = "global-allocator"))]
 #[global_allocator]
 static GLOBAL: PerCpuAlloc = PerCpuAlloc::new();
+#[cfg(feature = "global-allocator")]
+use percpu::GLOBAL_ALLOCATOR as GLOBAL;
 
 const FALLBACK_ENV: (&str, &str) = ("PERCPU_FORCE_FALLBACK", "1");
 

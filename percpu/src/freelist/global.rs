@@ -115,7 +115,8 @@ impl Global {
     fn push_chain(&self, stack: &ChainStack, first: u32, len: u32) {
         let slot = self.slot(first);
         slot.len.store(len, Ordering::Relaxed);
-        let mut old = stack.head.load(Ordering::Relaxed);
+        // Acquire: the depth read below is the one the chain's pusher published.
+        let mut old = stack.head.load(Ordering::Acquire);
         loop {
             slot.next_chain.store(first_of(old), Ordering::Relaxed);
             // The chains below never change while this one is on the stack, so its depth stays
@@ -128,7 +129,7 @@ impl Global {
             // Release: the chain's slots (items, links, length) are visible to its popper.
             match stack
                 .head
-                .compare_exchange_weak(old, new, Ordering::Release, Ordering::Relaxed)
+                .compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return,
                 Err(current) => old = current,
