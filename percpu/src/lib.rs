@@ -21,7 +21,7 @@ pub mod slab;
 mod storage;
 
 pub use counter::{Counter, CounterGroup, CounterName, Snapshot};
-pub use freelist::{FreeList, FreeListError, Pool, Pooled, RawFreeList};
+pub use freelist::{FreeList, FreeListError, FreeListStats, Pool, Pooled, RawFreeList};
 pub use mode::{FallbackReason, Mode, forced_fallback, mode};
 pub use slab::{AllocStats, ClassStats, PerCpuAlloc};
 

@@ -1,6 +1,7 @@
 //! Freelist exactness under stress, in both paths: many more threads than CPUs pushing and
 //! popping while they yield, migrate, take signals and race a draining thread. At the end every
-//! object is present exactly once (count and identity).
+//! object is present exactly once (count and identity), and the statistics counted every push
+//! and pop.
 
 #[path = "../../rseq-sys/tests/common/mod.rs"]
 mod common;
@@ -42,6 +43,10 @@ fn assert_exactly_once(list: &RawFreeList, objects: usize) {
         seen.len()
     );
     assert_eq!(seen, (1..=objects).collect::<Vec<_>>());
+    // Every push and pop of the churn was counted: all pushed, all popped again.
+    let stats = list.stats();
+    assert_eq!(stats.pushes, stats.pops, "{stats:?}");
+    assert!(stats.pops >= objects as u64, "{stats:?}");
 }
 
 #[derive(Clone, Copy)]

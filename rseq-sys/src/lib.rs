@@ -62,7 +62,9 @@ pub use registration::{
     Current, Owner, Status, Unavailable, UnregisterError, current, feature_align, feature_size,
     glibc_rseq_size, kernel_size, status, unregister_current_thread,
 };
-pub use seq::{Index, Outcome, STACK_LOCKED, Sequences};
+pub use seq::{
+    Index, Outcome, STACK_DEPTH_MASK, STACK_LOCKED, STACK_MAX_CAPACITY, STACK_POPS_SHIFT, Sequences,
+};
 
 #[cfg(all(test, not(rseq_sys_no_sequences)))]
 mod tests;

@@ -19,9 +19,21 @@ use crate::abi;
 use crate::arch;
 use crate::registration::Current;
 
-/// The bit of an array stack's count that locks it against [`Sequences::stack_push`] and
+/// The bit of an array stack's count word that locks it against [`Sequences::stack_push`] and
 /// [`Sequences::stack_pop`].
-pub const STACK_LOCKED: usize = 1 << (usize::BITS - 1);
+///
+/// # The count word
+/// An array stack's count is one word: bits 0–14 the depth, bit 15 the lock, bits 16–63 the
+/// number of pops so far (modulo 2^48). Each pop adds `0x10000 - 1`, so it takes one item and
+/// counts it in the same commit: per-CPU pop counts, exact, for no extra sequence. A word of
+/// depth `n` with nothing else set is just `n`.
+pub const STACK_LOCKED: usize = 1 << 15;
+/// The depth bits of an array stack's count word.
+pub const STACK_DEPTH_MASK: usize = STACK_LOCKED - 1;
+/// Where the pop count starts in an array stack's count word.
+pub const STACK_POPS_SHIFT: u32 = 16;
+/// The largest capacity an array stack may have.
+pub const STACK_MAX_CAPACITY: usize = STACK_DEPTH_MASK;
 
 /// Which `struct rseq` field indexes per-CPU data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -246,10 +258,11 @@ impl Sequences {
         Outcome::from_code(code, ())
     }
 
-    /// Array-stack push: `if *count < cap { slots[*count] = value; *count += 1 }`
-    /// ([`Outcome::CompareFailed`] when full).
+    /// Array-stack push: `if depth < cap { slots[depth] = value; depth += 1 }`, where `depth`
+    /// is `*count`'s depth bits ([`Outcome::CompareFailed`] when full). `cap` is at most
+    /// [`STACK_MAX_CAPACITY`]; see [`STACK_LOCKED`] for the count word.
     ///
-    /// A count with its top bit set ([`STACK_LOCKED`]) reads as full here and as empty in
+    /// A count with its lock bit set ([`STACK_LOCKED`]) reads as full here and as empty in
     /// [`Self::stack_pop`], so another thread can take a stack away from the sequences: set the
     /// bit atomically, fence with [`crate::fence_all_cpus`], check the bit survived (a sequence
     /// may have committed over it before the fence), and the stack is its own until it stores a
@@ -267,6 +280,7 @@ impl Sequences {
         cap: usize,
         value: usize,
     ) -> Outcome {
+        debug_assert!(cap <= STACK_MAX_CAPACITY);
         // SAFETY: forwarded contract.
         let code = unsafe {
             arch::stack_push(
@@ -283,8 +297,9 @@ impl Sequences {
         Outcome::from_code(code, ())
     }
 
-    /// Array-stack pop: `if *count > 0 { *count -= 1; return slots[*count] }`, comparing as
-    /// signed ([`Outcome::CompareFailed`] when empty or locked, see [`Self::stack_push`]).
+    /// Array-stack pop: `if depth > 0 { depth -= 1; pops += 1; return slots[depth] }` in
+    /// `*count`'s word ([`Outcome::CompareFailed`] when empty or locked, see
+    /// [`Self::stack_push`]).
     ///
     /// # Safety
     /// As for [`Self::add`], for `count` and `slots[..*count]`.

@@ -182,7 +182,22 @@ fn stack_push_and_pop_respect_capacity_and_order() {
             s.stack_pop(index, e, &mut count, slots.as_ptr())
         });
         assert_eq!(empty, Outcome::CompareFailed);
-        assert_eq!(count, 0);
+        // Depth 0, and the four pops counted in the same word.
+        assert_eq!(count & crate::STACK_DEPTH_MASK, 0);
+        assert_eq!(count >> crate::STACK_POPS_SHIFT, CAP);
+        // Counted pops do not disturb the depth: a push and a pop again.
+        // SAFETY: as above.
+        let r = retry(index, |s, e| unsafe {
+            s.stack_push(index, e, &mut count, slots.as_mut_ptr(), CAP, 77)
+        });
+        assert_eq!(r, Outcome::Committed(()));
+        assert_eq!(count, (CAP << crate::STACK_POPS_SHIFT) | 1);
+        // SAFETY: as above.
+        let r = retry(index, |s, e| unsafe {
+            s.stack_pop(index, e, &mut count, slots.as_ptr())
+        });
+        assert_eq!(r, Outcome::Committed(77));
+        assert_eq!(count, (CAP + 1) << crate::STACK_POPS_SHIFT);
     }
 }
 
@@ -338,7 +353,8 @@ fn signals_landing_inside_a_long_critical_section_abort_it() {
 fn a_locked_stack_reads_as_full_and_empty() {
     for index in indexes() {
         let mut slots = [7usize; 4];
-        let mut count = 2 | crate::STACK_LOCKED;
+        // Locked, with pops counted above it: the lock still reads as full and empty.
+        let mut count = (5 << crate::STACK_POPS_SHIFT) | 2 | crate::STACK_LOCKED;
         // SAFETY: locals only this thread touches.
         let pushed = retry(index, |s, e| unsafe {
             s.stack_push(index, e, &mut count, slots.as_mut_ptr(), 4, 99)
@@ -353,7 +369,10 @@ fn a_locked_stack_reads_as_full_and_empty() {
         );
         assert_eq!(
             (count, slots),
-            (2 | crate::STACK_LOCKED, [7; 4]),
+            (
+                (5 << crate::STACK_POPS_SHIFT) | 2 | crate::STACK_LOCKED,
+                [7; 4]
+            ),
             "nothing stored"
         );
     }

@@ -37,10 +37,13 @@ pub use typed::{FreeList, Pool, Pooled};
 
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use rseq_sys::{FenceMethod, Index, Outcome, STACK_LOCKED, Sequences};
+use rseq_sys::{
+    FenceMethod, Index, Outcome, STACK_DEPTH_MASK, STACK_LOCKED, STACK_POPS_SHIFT, Sequences,
+};
 
+use crate::counter::RawCounters;
 use crate::mode::{forced_fallback, rseq_path};
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
 use global::Global;
@@ -49,7 +52,7 @@ pub(crate) use global::MAX_CHAIN;
 /// Per-CPU capacity when none is given.
 pub const DEFAULT_CAPACITY_PER_CPU: usize = 64;
 /// The largest per-CPU capacity accepted.
-pub const MAX_CAPACITY_PER_CPU: usize = 1 << 16;
+pub const MAX_CAPACITY_PER_CPU: usize = 1 << 14;
 
 /// Why a freelist could not be created or drained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,11 +126,42 @@ pub struct RawFreeList {
     /// Indices below this use their cache: `cpus`, or 0 under `PERCPU_FORCE_FALLBACK=1`.
     rseq_cpus: usize,
     capacity: usize,
-    /// Bytes per cache: `[count, slots[capacity]]` rounded up to whole cache-line pairs.
+    /// Bytes per cache: `[count, harvested, slots[capacity]]` rounded up to whole cache-line
+    /// pairs.
     cache_bytes: usize,
     /// Items moved per overflow or refill.
     batch: usize,
     global: Global,
+    /// Operations that bypass the count words' pop counting (see [`FreeListStats`]).
+    ops: RawCounters<OP_COUNTERS>,
+}
+
+/// Cold-path operation counters of a freelist, indices into `RawFreeList::ops`.
+const DIRECT_PUSHES: usize = 0; // pushes that went past the caches
+const DIRECT_POPS: usize = 1; // pops served from past the caches
+const OVERFLOW_POPS: usize = 2; // cache pops that moved items down, not to a caller
+const REFILL_PUSHES: usize = 3; // cache pushes that moved items up, not from a caller
+const DRAINED: usize = 4; // items a drain took out of caches
+const OP_COUNTERS: usize = 5;
+
+/// Bits of pop count a count word holds: harvest at least this often per CPU.
+const POPS_BITS: u32 = usize::BITS - STACK_POPS_SHIFT;
+const POPS_MASK: u64 = (1 << POPS_BITS) - 1;
+
+/// Pushes and pops of a [`RawFreeList`], and where its items are.
+///
+/// Exact for operations that finished before the call (with the list quiet, exact); items
+/// moving meanwhile may be counted in neither place or in both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreeListStats {
+    /// Items pushed by callers.
+    pub pushes: u64,
+    /// Items popped by callers.
+    pub pops: u64,
+    /// Items in the per-CPU caches.
+    pub cached: usize,
+    /// Items at the global level.
+    pub global: usize,
 }
 
 impl fmt::Debug for RawFreeList {
@@ -147,7 +181,7 @@ impl RawFreeList {
             return Err(FreeListError::BadCapacity(capacity_per_cpu));
         }
         let cpus = rseq_sys::possible_cpus() as usize;
-        let cache_bytes = round_up((1 + capacity_per_cpu) * 8, CPU_BLOCK_ALIGN);
+        let cache_bytes = round_up((2 + capacity_per_cpu) * 8, CPU_BLOCK_ALIGN);
         let caches = Mapping::new(cpus * cache_bytes).ok_or(FreeListError::OutOfMemory)?;
         let global = Global::new().ok_or(FreeListError::OutOfMemory)?;
         Ok(RawFreeList {
@@ -158,6 +192,7 @@ impl RawFreeList {
             cache_bytes,
             batch: (capacity_per_cpu / 2).clamp(1, MAX_CHAIN),
             global,
+            ops: RawCounters::new(),
         })
     }
 
@@ -166,14 +201,48 @@ impl RawFreeList {
         self.capacity
     }
 
-    /// `(count, slots)` of cache `id < cpus`.
+    /// `(count, slots)` of cache `id < cpus`: the count word (depth, lock, pops: see
+    /// [`rseq_sys::STACK_LOCKED`]), then `harvested`, then the slots.
     #[inline(always)]
     fn cache(&self, id: usize) -> (*mut usize, *mut usize) {
         debug_assert!(id < self.cpus);
         // SAFETY: `id < cpus`, so the cache lies inside the mapping.
         let count = unsafe { self.caches.as_ptr().add(id * self.cache_bytes) }.cast::<usize>();
-        // SAFETY: the slots follow the count inside the same cache.
-        (count, unsafe { count.add(1) })
+        // SAFETY: the slots follow the count and `harvested` inside the same cache.
+        (count, unsafe { count.add(2) })
+    }
+
+    /// Harvests the current CPU's cache: cold paths do, so that busy caches stay exact even if
+    /// nobody reads the statistics for a long time.
+    fn harvest_current(&self, seq: Sequences, index: Index) {
+        let id = seq.current().index(index) as usize;
+        if id < self.cpus {
+            self.harvest(id);
+        }
+    }
+
+    /// Cache `id`'s pops so far, in 64 bits: the count word's 48-bit pop count folded into a
+    /// running total, which any thread may advance.
+    fn harvest(&self, id: usize) -> u64 {
+        // SAFETY: the word after the count, inside cache `id`; only ever accessed atomically.
+        let harvested = unsafe { AtomicU64::from_ptr(self.cache(id).0.add(1).cast::<u64>()) };
+        let mut total = harvested.load(Ordering::Relaxed);
+        loop {
+            let pops = (self.count(id).load(Ordering::Relaxed) >> STACK_POPS_SHIFT) as u64;
+            let delta = pops.wrapping_sub(total) & POPS_MASK;
+            if delta == 0 {
+                return total;
+            }
+            match harvested.compare_exchange_weak(
+                total,
+                total + delta,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return total + delta,
+                Err(now) => total = now,
+            }
+        }
     }
 
     fn count(&self, id: usize) -> &AtomicUsize {
@@ -218,18 +287,22 @@ impl RawFreeList {
                 }
             }
         }
+        self.push_direct(item, backing).map_err(|()| block)
+    }
+
+    /// A push past the caches: to the global level, or below it.
+    #[cold]
+    fn push_direct<B: Backing>(&self, item: usize, backing: &B) -> Result<(), ()> {
         if B::SPILLS && self.global.len() >= backing.global_limit() {
             backing.spill(&[item]);
-            return Ok(());
-        }
-        match self.global.push_items(&[item]) {
-            Ok(()) => Ok(()),
-            Err(()) if B::SPILLS => {
-                backing.spill(&[item]);
-                Ok(())
+        } else if self.global.push_items(&[item]).is_err() {
+            if !B::SPILLS {
+                return Err(());
             }
-            Err(()) => Err(block),
+            backing.spill(&[item]);
         }
+        self.ops.add(DIRECT_PUSHES, 1);
+        Ok(())
     }
 
     /// The cache is full (or locked by a drain): move `item` and a batch from the cache to the
@@ -243,6 +316,7 @@ impl RawFreeList {
         item: usize,
         backing: &B,
     ) -> Result<(), ()> {
+        self.harvest_current(seq, index);
         let reserved = if B::SPILLS && self.global.len() >= backing.global_limit() {
             None
         } else {
@@ -274,6 +348,8 @@ impl RawFreeList {
             Some(reserved) => self.global.fill_reserved(reserved, &batch[..n]),
             None => backing.spill(&batch[..n]),
         }
+        self.ops.add(DIRECT_PUSHES, 1);
+        self.ops.add(OVERFLOW_POPS, n as i64 - 1);
         Ok(())
     }
 
@@ -303,19 +379,27 @@ impl RawFreeList {
                 }
             }
         }
-        if let Some(item) = self.global.pop_one() {
-            return NonNull::new(item as *mut u8);
-        }
-        if !B::FILLS {
-            return None;
-        }
-        let mut batch = [0usize; MAX_CHAIN];
-        let n = backing.fill(&mut batch[..self.batch]);
-        if n == 0 {
-            return None;
-        }
-        self.park(backing, &batch[1..n]);
-        NonNull::new(batch[0] as *mut u8)
+        self.pop_direct(backing)
+    }
+
+    /// A pop past the caches: from the global level, or from below it.
+    #[cold]
+    fn pop_direct<B: Backing>(&self, backing: &B) -> Option<NonNull<u8>> {
+        let item = match self.global.pop_one() {
+            Some(item) => item,
+            None if B::FILLS => {
+                let mut batch = [0usize; MAX_CHAIN];
+                let n = backing.fill(&mut batch[..self.batch]);
+                if n == 0 {
+                    return None;
+                }
+                self.park(backing, &batch[1..n]);
+                batch[0]
+            }
+            None => return None,
+        };
+        self.ops.add(DIRECT_POPS, 1);
+        NonNull::new(item as *mut u8)
     }
 
     /// The cache is empty (or locked): take a batch (from the global level, else from below it),
@@ -323,6 +407,7 @@ impl RawFreeList {
     /// batch's own global slots, or to the global level or the backing.
     #[cold]
     fn refill<B: Backing>(&self, seq: Sequences, index: Index, backing: &B) -> Option<NonNull<u8>> {
+        self.harvest_current(seq, index);
         let mut batch = [0usize; MAX_CHAIN];
         let (n, slots) = match self.global.take_batch(&mut batch) {
             Some((n, slots)) => (n, Some(slots)),
@@ -359,6 +444,8 @@ impl RawFreeList {
             Some(slots) => self.global.fill_reserved(slots, &batch[1..unplaced]),
             None => self.park(backing, &batch[1..unplaced]),
         }
+        self.ops.add(DIRECT_POPS, 1);
+        self.ops.add(REFILL_PUSHES, (n - unplaced) as i64);
         NonNull::new(batch[0] as *mut u8)
     }
 
@@ -374,7 +461,8 @@ impl RawFreeList {
 
     /// Moves one batch from the global level into `out` (at least [`MAX_CHAIN`] long): how many.
     /// With [`Self::drain`] first, repeating this until 0 empties the freelist of everything
-    /// pushed before the drain.
+    /// pushed before the drain. Not counted as pops: the items leave the freelist for its
+    /// backing (the allocator's trim), not for a caller.
     pub(crate) fn pop_global_batch(&self, out: &mut [usize]) -> usize {
         match self.global.take_batch(out) {
             Some((n, slots)) => {
@@ -385,16 +473,32 @@ impl RawFreeList {
         }
     }
 
-    /// About how many items wait at the global level.
-    pub(crate) fn global_len(&self) -> usize {
-        self.global.len()
+    /// Cache `id`'s depth.
+    fn depth(&self, id: usize) -> usize {
+        (self.count(id).load(Ordering::Relaxed) & STACK_DEPTH_MASK).min(self.capacity)
     }
 
-    /// About how many items wait in CPU caches (racy: counts move while they are read).
-    pub(crate) fn cached_len(&self) -> usize {
-        (0..self.cpus)
-            .map(|id| (self.count(id).load(Ordering::Relaxed) & !STACK_LOCKED).min(self.capacity))
-            .sum()
+    /// Pushes and pops so far, and where the items are. Allocates nothing.
+    ///
+    /// Pops are counted in each cache's count word by the pop sequence itself, 48 bits wide;
+    /// each call (and each refill or overflow on that CPU) folds them into 64-bit totals, so
+    /// counts stay exact as long as one of those happens before a CPU pops 2^48 times from one
+    /// freelist (about 9 days of nothing else at 3 ns a pop).
+    pub fn stats(&self) -> FreeListStats {
+        let (mut cache_pops, mut depths) = (0u64, 0u64);
+        for id in 0..self.cpus {
+            cache_pops += self.harvest(id);
+            depths += self.depth(id) as u64;
+        }
+        let ops = self.ops.sums().map(|n| n as u64);
+        // Every item a cache ever got is still there, was popped, or was drained.
+        let cache_pushes = depths + cache_pops + ops[DRAINED];
+        FreeListStats {
+            pushes: (cache_pushes + ops[DIRECT_PUSHES]).saturating_sub(ops[REFILL_PUSHES]),
+            pops: (cache_pops + ops[DIRECT_POPS]).saturating_sub(ops[OVERFLOW_POPS]),
+            cached: depths as usize,
+            global: self.global.len(),
+        }
     }
 
     /// Takes a block from the global level only, never refilling a cache: after [`Self::drain`],
@@ -402,7 +506,9 @@ impl RawFreeList {
     /// the calling thread runs meanwhile (a plain [`Self::pop`] parks refilled items in the
     /// current CPU's cache, which a migrating thread would leave behind).
     pub fn pop_global(&self) -> Option<NonNull<u8>> {
-        NonNull::new(self.global.pop_one()? as *mut u8)
+        let item = self.global.pop_one()?;
+        self.ops.add(DIRECT_POPS, 1);
+        NonNull::new(item as *mut u8)
     }
 
     /// Moves every CPU's cache to the global level, so any thread's pops can reach every item.
@@ -438,7 +544,9 @@ impl RawFreeList {
         let mut result = Ok(method);
         for id in 0..self.cpus {
             // Ours now: every sequence fails on the locked count until the store below.
-            let mut n = self.count(id).load(Ordering::Acquire) & !STACK_LOCKED;
+            let word = self.count(id).load(Ordering::Acquire);
+            let depth = (word & STACK_DEPTH_MASK).min(self.capacity);
+            let mut n = depth;
             let slots = self.cache(id).1;
             while n > 0 && result.is_ok() {
                 let take = n.min(MAX_CHAIN);
@@ -449,7 +557,12 @@ impl RawFreeList {
                     Err(()) => result = Err(FreeListError::OutOfMemory),
                 }
             }
-            self.count(id).store(n, Ordering::Release);
+            // Keep the pop count; unlock with what is left.
+            self.count(id).store(
+                word & !(STACK_DEPTH_MASK | STACK_LOCKED) | n,
+                Ordering::Release,
+            );
+            self.ops.add(DRAINED, (depth - n) as i64);
         }
         result
     }
@@ -461,7 +574,7 @@ impl RawFreeList {
             let (count, slots) = self.cache(id);
             // SAFETY: exclusive access; the count is at most the capacity (never locked here,
             // since drains hold `&self` and have finished).
-            let n = unsafe { *count } & !STACK_LOCKED;
+            let n = unsafe { *count } & STACK_DEPTH_MASK;
             for i in 0..n.min(self.capacity) {
                 // SAFETY: `i < capacity`, inside the cache.
                 let item = unsafe { *slots.add(i) };
@@ -470,7 +583,7 @@ impl RawFreeList {
                 }
             }
             // SAFETY: exclusive access.
-            unsafe { *count = 0 };
+            unsafe { *count &= !(STACK_DEPTH_MASK | STACK_LOCKED) };
         }
         while let Some(item) = self.global.pop_one() {
             if let Some(block) = NonNull::new(item as *mut u8) {
@@ -520,6 +633,48 @@ mod tests {
     }
 
     #[test]
+    fn stats_count_every_push_and_pop_through_every_path() {
+        let list = RawFreeList::new(8).unwrap();
+        // Overflows (cache full) and refills (cache empty) move batches both ways.
+        for n in 1..=1000 {
+            list.push(block(n)).unwrap();
+        }
+        let mid = list.stats();
+        assert_eq!((mid.pushes, mid.pops), (1000, 0));
+        assert_eq!(mid.cached + mid.global, 1000);
+        for _ in 0..600 {
+            list.pop().unwrap();
+        }
+        for n in 1..=50 {
+            list.push(block(n)).unwrap();
+        }
+        let stats = list.stats();
+        assert_eq!((stats.pushes, stats.pops), (1050, 600));
+        assert_eq!(stats.cached + stats.global, 450);
+        // A drain moves items without pushing or popping.
+        list.drain().unwrap();
+        let drained = list.stats();
+        assert_eq!((drained.pushes, drained.pops), (1050, 600));
+        assert_eq!((drained.cached, drained.global), (0, 450));
+        while list.pop_global().is_some() {}
+        assert_eq!(list.stats().global, 0);
+    }
+
+    #[test]
+    fn harvest_folds_the_48_bit_pop_count_into_64_bits() {
+        let list = RawFreeList::new(8).unwrap();
+        let count = list.count(0);
+        // Pops counted in the word: 5, then the word wraps past 2^48 to 3.
+        count.store(5 << STACK_POPS_SHIFT, Ordering::Relaxed);
+        assert_eq!(list.harvest(0), 5);
+        count.store((POPS_MASK as usize) << STACK_POPS_SHIFT, Ordering::Relaxed);
+        assert_eq!(list.harvest(0), POPS_MASK);
+        count.store(3 << STACK_POPS_SHIFT, Ordering::Relaxed);
+        assert_eq!(list.harvest(0), POPS_MASK + 4);
+        count.store(0, Ordering::Relaxed);
+    }
+
+    #[test]
     fn drain_makes_other_cpus_items_reachable() {
         let list = RawFreeList::new(16).unwrap();
         // Park items in this CPU's cache only (fewer than the capacity: no overflow).
@@ -529,7 +684,7 @@ mod tests {
         list.drain().unwrap();
         // Every cache is empty now: the items wait at the global level.
         for id in 0..list.cpus {
-            assert_eq!(list.count(id).load(Ordering::Relaxed), 0, "cache {id}");
+            assert_eq!(list.depth(id), 0, "cache {id}");
         }
         let mut popped: Vec<usize> = std::iter::from_fn(|| list.pop_global())
             .map(|b| b.as_ptr() as usize / 16)

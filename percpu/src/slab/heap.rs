@@ -9,11 +9,7 @@ use super::large::Large;
 use super::lock::SpinLock;
 use super::pages::PageHeap;
 use super::stats::{AllocStats, ClassStats};
-use crate::counter::RawCounters;
 use crate::freelist::{Backing, MAX_CHAIN, RawFreeList};
-
-/// Counters: allocations of class `c` at `2c`, frees at `2c + 1`.
-const COUNTERS: usize = 2 * CLASSES;
 
 /// Per-CPU cache capacity, in blocks, for a class of `size` bytes given a byte budget per class.
 pub(crate) fn cache_capacity(size: usize, cache_bytes: usize) -> usize {
@@ -35,7 +31,6 @@ pub(crate) struct Heap {
     classes: [Class; CLASSES],
     pub(crate) pages: PageHeap,
     pub(crate) large: Large,
-    counts: RawCounters<COUNTERS>,
     /// Serialises `trim` (and holds off `fork` while one runs).
     trim_lock: SpinLock,
     pub(crate) page_size: usize,
@@ -97,7 +92,6 @@ impl Heap {
         unsafe {
             ptr::addr_of_mut!((*at).pages).write(pages);
             ptr::addr_of_mut!((*at).large).write(Large::new(page_size));
-            ptr::addr_of_mut!((*at).counts).write(RawCounters::new());
             ptr::addr_of_mut!((*at).trim_lock).write(SpinLock::new());
             ptr::addr_of_mut!((*at).page_size).write(page_size);
             ptr::addr_of_mut!((*at).fork_next).write(Default::default());
@@ -119,11 +113,9 @@ impl Heap {
             class: self.class(class),
             pages: &self.pages,
         };
+        // Counted by the freelist itself: its pop sequence counts in the same commit.
         match below.class.list.pop_backed(&below) {
-            Some(block) => {
-                self.counts.add(2 * class, 1);
-                block.as_ptr()
-            }
+            Some(block) => block.as_ptr(),
             None => ptr::null_mut(),
         }
     }
@@ -137,7 +129,6 @@ impl Heap {
         };
         // A backed freelist always finds room (its backing takes what the global level cannot).
         let _ = below.class.list.push_backed(block, &below);
-        self.counts.add(2 * class + 1, 1);
     }
 
     /// The size class of `block` when it is a slab block; `None` for large blocks.
@@ -175,21 +166,19 @@ impl Heap {
     }
 
     pub(crate) fn stats(&self) -> AllocStats {
-        let counts = self.counts.sums();
         let classes = core::array::from_fn(|c| {
             let class = &self.classes[c];
             let size = SIZES[c];
-            let allocs = counts[2 * c].max(0) as u64;
-            let frees = counts[2 * c + 1].max(0) as u64;
+            let list = class.list.stats();
             let slabs = class.central.slabs();
             let live = class.central.live();
             ClassStats {
                 size,
-                allocs,
-                frees,
-                in_use_bytes: allocs.saturating_sub(frees) as usize * size,
-                cpu_cached_bytes: class.list.cached_len() * size,
-                transfer_bytes: class.list.global_len() * size,
+                allocs: list.pops,
+                frees: list.pushes,
+                in_use_bytes: list.pops.saturating_sub(list.pushes) as usize * size,
+                cpu_cached_bytes: list.cached * size,
+                transfer_bytes: list.global * size,
                 central_bytes: (slabs * (super::pages::SLAB_SIZE / size)).saturating_sub(live)
                     * size,
                 slabs,

@@ -3,7 +3,8 @@
 //!
 //! Objects are fake, never-dereferenced addresses; the model knows which are in the list and
 //! which the runner holds. A pop must return an object the model has in the list (never one held,
-//! never twice); `PopAll` drains and must get back exactly the model's set. Any input decodes.
+//! never twice); `PopAll` drains and must get back exactly the model's set; between ops the
+//! list's statistics must account for exactly the model's items. Any input decodes.
 
 use std::collections::BTreeSet;
 use std::ptr::NonNull;
@@ -144,6 +145,18 @@ pub fn run(input: &Input) {
                 in_list.extend(first..next);
             }
         }
+        // Quiet between ops: the statistics are exact.
+        let stats = list.stats();
+        assert_eq!(
+            stats.pushes - stats.pops,
+            in_list.len() as u64,
+            "{stats:?} after {op:?}"
+        );
+        assert_eq!(
+            stats.cached + stats.global,
+            in_list.len(),
+            "{stats:?} after {op:?}"
+        );
     }
     // Everything pushed and not held must come back, once.
     list.drain().unwrap();

@@ -276,11 +276,14 @@ pub(crate) unsafe fn stack_push(
     // SAFETY: caller's contract; the slot store is speculative, the `count` store commits.
     unsafe {
         asm!(
+            // The depth is the word's low 16 bits sign-extended: a locked word (bit 15) is
+            // negative, which the unsigned compare reads as full.
             rseq_sequence!(compare, body = [
                 "ldr {tmp}, [{count}]",
-                "cmp {tmp}, {cap}",
+                "sxth {depth}, {tmp:w}",
+                "cmp {depth}, {cap}",
                 "b.hs 8f",
-                "str {value}, [{slots}, {tmp}, lsl #3]",
+                "str {value}, [{slots}, {depth}, lsl #3]",
                 "add {tmp}, {tmp}, #1",
                 "str {tmp}, [{count}]",
             ]),
@@ -292,6 +295,7 @@ pub(crate) unsafe fn stack_push(
             cap = in(reg) cap,
             value = in(reg) value,
             tmp = out(reg) _,
+            depth = out(reg) _,
             res = out(reg) res,
             options(nostack),
         );
@@ -315,12 +319,18 @@ pub(crate) unsafe fn stack_pop(
     // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
     unsafe {
         asm!(
+            // Empty (0) or locked (negative once sign-extended) fails the signed compare.
+            // Adding 0x10000 and taking 1 counts the pop and lowers the depth (at least 1: no
+            // borrow); 0xffff is no add immediate, 16 << 12 is.
             rseq_sequence!(compare, body = [
                 "ldr {tmp}, [{count}]",
-                "cmp {tmp}, #0",
+                "sxth {depth}, {tmp:w}",
+                "cmp {depth}, #0",
                 "b.le 8f",
+                "sub {depth}, {depth}, #1",
+                "ldr {popped}, [{slots}, {depth}, lsl #3]",
+                "add {tmp}, {tmp}, #16, lsl #12",
                 "sub {tmp}, {tmp}, #1",
-                "ldr {popped}, [{slots}, {tmp}, lsl #3]",
                 "str {tmp}, [{count}]",
             ]),
             area = in(reg) area,
@@ -330,6 +340,7 @@ pub(crate) unsafe fn stack_pop(
             slots = in(reg) slots,
             popped = out(reg) popped,
             tmp = out(reg) _,
+            depth = out(reg) _,
             res = out(reg) res,
             options(nostack),
         );

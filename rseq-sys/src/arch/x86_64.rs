@@ -278,11 +278,14 @@ pub(crate) unsafe fn stack_push(
     // the `count` store commits.
     unsafe {
         asm!(
+            // The depth is the word's low 16 bits sign-extended: a locked word (bit 15) is
+            // negative, which the unsigned compare reads as full.
             rseq_sequence!(compare, body = [
                 "mov {tmp}, qword ptr [{count}]",
-                "cmp {tmp}, {cap}",
+                "movsx {depth}, {tmp:x}",
+                "cmp {depth}, {cap}",
                 "jae 8f",
-                "mov qword ptr [{slots} + {tmp} * 8], {value}",
+                "mov qword ptr [{slots} + {depth} * 8], {value}",
                 "add {tmp}, 1",
                 "mov qword ptr [{count}], {tmp}",
             ]),
@@ -294,6 +297,7 @@ pub(crate) unsafe fn stack_push(
             cap = in(reg) cap,
             value = in(reg) value,
             tmp = out(reg) _,
+            depth = out(reg) _,
             res = out(reg) res,
             options(nostack),
         );
@@ -317,12 +321,15 @@ pub(crate) unsafe fn stack_pop(
     // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
     unsafe {
         asm!(
+            // Empty (0) or locked (negative once sign-extended) fails the signed test. Adding
+            // 0xffff takes one from the depth (at least 1: no borrow) and adds one to the pops.
             rseq_sequence!(compare, body = [
                 "mov {tmp}, qword ptr [{count}]",
-                "test {tmp}, {tmp}",
+                "movsx {depth}, {tmp:x}",
+                "test {depth}, {depth}",
                 "jle 8f",
-                "mov {popped}, qword ptr [{slots} + {tmp} * 8 - 8]",
-                "sub {tmp}, 1",
+                "mov {popped}, qword ptr [{slots} + {depth} * 8 - 8]",
+                "add {tmp}, 0xffff",
                 "mov qword ptr [{count}], {tmp}",
             ]),
             area = in(reg) area,
@@ -332,6 +339,7 @@ pub(crate) unsafe fn stack_pop(
             slots = in(reg) slots,
             popped = out(reg) popped,
             tmp = out(reg) _,
+            depth = out(reg) _,
             res = out(reg) res,
             options(nostack),
         );
