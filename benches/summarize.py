@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Tabulates criterion results for one benchmark family as Markdown, with ratios.
 
-usage: summarize.py FAMILY CRITERION_DIR
+usage: summarize.py FAMILY CRITERION_DIR [PARAMETER_NAME]
 
 Reads CRITERION_DIR/FAMILY_<contender>/<threads>/new/estimates.json (criterion's directory for
-the benchmark group "FAMILY/<contender>"), where one iteration is one
+the benchmark group "FAMILY/<contender>"; the parameter is a thread count unless named otherwise), where one iteration is one
 operation on every thread at once, so the median is nanoseconds per operation per thread.
 """
 import json
@@ -42,6 +42,7 @@ def cpu_model():
 
 def main():
     family, root = sys.argv[1], sys.argv[2]
+    label = sys.argv[3] if len(sys.argv) > 3 else "threads"
     results = load(root, family)
     if not results:
         sys.exit(f"no {family}_* results under {root}")
@@ -49,7 +50,7 @@ def main():
     threads = sorted({t for r in results.values() for t in r})
     print(f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, Linux {platform.release()}\n")
     print("ns per operation per thread (median; lower is better)\n")
-    print("| threads | " + " | ".join(contenders) + " |")
+    print(f"| {label} | " + " | ".join(contenders) + " |")
     print("|---:|" + "---:|" * len(contenders))
     for t in threads:
         cells = [f"{results[c][t]:.2f}" if t in results[c] else "–" for c in contenders]
@@ -57,7 +58,7 @@ def main():
     base = "percpu_rseq" if "percpu_rseq" in results else contenders[0]
     others = [c for c in contenders if c != base]
     print(f"\nratio: contender time / {base} time (above 1: {base} is faster)\n")
-    print("| threads | " + " | ".join(others) + " |")
+    print(f"| {label} | " + " | ".join(others) + " |")
     print("|---:|" + "---:|" * len(others))
     for t in threads:
         cells = [

@@ -11,9 +11,13 @@ use super::pages::PageHeap;
 use super::stats::{AllocStats, ClassStats};
 use crate::freelist::{Backing, MAX_CHAIN, RawFreeList};
 
+/// Most blocks one class's per-CPU cache holds: enough that a burst of a thousand small
+/// allocations followed by their frees stays within the cache.
+pub(crate) const MAX_CACHE_BLOCKS: usize = 2048;
+
 /// Per-CPU cache capacity, in blocks, for a class of `size` bytes given a byte budget per class.
 pub(crate) fn cache_capacity(size: usize, cache_bytes: usize) -> usize {
-    (cache_bytes / size).clamp(2, 1024)
+    (cache_bytes / size).clamp(2, MAX_CACHE_BLOCKS)
 }
 
 /// Transfer-level length beyond which a class's overflow goes to its slabs: about 1 MiB.
