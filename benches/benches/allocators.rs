@@ -124,14 +124,14 @@ fn threaded<A: GlobalAlloc + Sync>(c: &mut Criterion, name: &str, alloc: &'stati
                 let mut block = unsafe { alloc.alloc(l) } as usize;
                 while let Err(back) = queue.push(block) {
                     block = back;
-                    std::hint::spin_loop();
+                    wait();
                 }
             } else {
                 let block = loop {
                     if let Some(b) = queue.pop() {
                         break b;
                     }
-                    std::hint::spin_loop();
+                    wait();
                 };
                 // SAFETY: allocated by the producer with `l`.
                 unsafe { alloc.dealloc(block as *mut u8, l) };
@@ -143,6 +143,12 @@ fn threaded<A: GlobalAlloc + Sync>(c: &mut Criterion, name: &str, alloc: &'stati
         });
     }
     group.finish();
+}
+
+/// Waiting for the other side of a pair: with more threads than CPUs it may not be running, so
+/// give it the CPU rather than spin out a time slice.
+fn wait() {
+    std::thread::yield_now();
 }
 
 static PERCPU: PerCpuAlloc = PerCpuAlloc::new();

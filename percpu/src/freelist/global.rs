@@ -26,10 +26,11 @@ use crate::storage::Mapping;
 
 /// End of a chain or of a stack.
 const NIL: u32 = u32::MAX;
-const CHUNK_SHIFT: u32 = 12;
+const CHUNK_SHIFT: u32 = 9;
 const CHUNK_SLOTS: usize = 1 << CHUNK_SHIFT;
-/// Chunks of 4096 slots: up to 16 M items held at the global level.
-const MAX_CHUNKS: usize = 4096;
+/// Chunks of 512 slots (16 KiB, small enough that every shard of every freelist may map one):
+/// up to 8 M items per shard.
+const MAX_CHUNKS: usize = 1 << 14;
 /// Longest chain on the `full` stack: the most items one batch move carries.
 pub(crate) const MAX_CHAIN: usize = 64;
 
@@ -345,6 +346,55 @@ impl Drop for Global {
                 unsafe { libc::munmap(chunk.cast(), CHUNK_SLOTS * core::mem::size_of::<Slot>()) };
             }
         }
+    }
+}
+
+/// Most shards a global level is split into.
+pub(crate) const MAX_SHARDS: usize = 16;
+
+/// The global level split into shards, one per CPU up to [`MAX_SHARDS`]: threads push to and pop
+/// from their own CPU's shard, so threads without rseq (which reach the global level on every
+/// operation) do not all contend on one stack head, and pops look at the other shards before
+/// reporting empty.
+pub(crate) struct Shards {
+    shards: [Option<Global>; MAX_SHARDS],
+    count: usize,
+}
+
+impl Shards {
+    /// `count` shards (1 ..= MAX_SHARDS); `None` if the kernel refuses memory.
+    pub(crate) fn new(count: usize) -> Option<Shards> {
+        let count = count.clamp(1, MAX_SHARDS);
+        let mut shards = [const { None }; MAX_SHARDS];
+        for shard in &mut shards[..count] {
+            *shard = Some(Global::new()?);
+        }
+        Some(Shards { shards, count })
+    }
+
+    /// The shard for CPU (or mm_cid) `id`.
+    #[inline]
+    pub(crate) fn shard(&self, id: usize) -> &Global {
+        let shard = &self.shards[id % self.count];
+        debug_assert!(shard.is_some());
+        // SAFETY: shards below `count` are all `Some`, by construction.
+        unsafe { shard.as_ref().unwrap_unchecked() }
+    }
+
+    /// The shard of the CPU the caller runs on.
+    #[inline]
+    pub(crate) fn local(&self) -> &Global {
+        self.shard(rseq_sys::sched_getcpu().unwrap_or(0) as usize)
+    }
+
+    /// Every shard, starting with `id`'s.
+    pub(crate) fn from(&self, id: usize) -> impl Iterator<Item = &Global> {
+        (0..self.count).map(move |i| self.shard(id + i))
+    }
+
+    /// About how many items all shards hold.
+    pub(crate) fn len(&self) -> usize {
+        self.from(0).map(Global::len).sum()
     }
 }
 

@@ -12,13 +12,19 @@
 //! A push onto a full cache moves a batch (half the capacity, at most 64) to the shared global
 //! level; a pop from an empty cache takes a batch back. So a producer that only frees and a
 //! consumer that only allocates, on different CPUs, each pay one global operation per batch,
-//! not per item. The global level ([`global`]) is lock-free and allocation-free.
+//! not per item. The global level ([`global`]) is lock-free and allocation-free, and split into
+//! shards, one per CPU up to 16: batches go to the shard of the CPU they leave, and a pop that
+//! finds its own shard empty looks at the others before reporting empty.
+//!
+//! The count word of each cache also counts its pops (see [`rseq_sys::STACK_LOCKED`]), so
+//! [`RawFreeList::stats`] is exact without adding a single instruction to push or pop.
 //!
 //! # Without rseq
 //! Threads without rseq (or all threads under `PERCPU_FORCE_FALLBACK=1`) push and pop at the
-//! global level directly. They never write a per-CPU cache: a cache's commits are plain stores,
-//! which an atomic write from another CPU could be lost under. Threads of both kinds can share
-//! one freelist.
+//! global level directly, on the shard of the CPU `sched_getcpu()` reports, so they contend
+//! only with threads on the same CPU. They never write a per-CPU cache: a cache's commits are
+//! plain stores, which an atomic write from another CPU could be lost under. Threads of both
+//! kinds can share one freelist.
 //!
 //! # Draining
 //! Items parked in one CPU's cache are invisible to pops on other CPUs until
@@ -46,8 +52,8 @@ use rseq_sys::{
 use crate::counter::RawCounters;
 use crate::mode::{forced_fallback, rseq_path};
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
-use global::Global;
 pub(crate) use global::MAX_CHAIN;
+use global::{Global, Shards};
 
 /// Per-CPU capacity when none is given.
 pub const DEFAULT_CAPACITY_PER_CPU: usize = 64;
@@ -131,7 +137,8 @@ pub struct RawFreeList {
     cache_bytes: usize,
     /// Items moved per overflow or refill.
     batch: usize,
-    global: Global,
+    /// The global level, one shard per CPU (up to 16).
+    global: Shards,
     /// Operations that bypass the count words' pop counting (see [`FreeListStats`]).
     ops: RawCounters<OP_COUNTERS>,
 }
@@ -183,7 +190,7 @@ impl RawFreeList {
         let cpus = rseq_sys::possible_cpus() as usize;
         let cache_bytes = round_up((2 + capacity_per_cpu) * 8, CPU_BLOCK_ALIGN);
         let caches = Mapping::new(cpus * cache_bytes).ok_or(FreeListError::OutOfMemory)?;
-        let global = Global::new().ok_or(FreeListError::OutOfMemory)?;
+        let global = Shards::new(cpus).ok_or(FreeListError::OutOfMemory)?;
         Ok(RawFreeList {
             caches,
             cpus,
@@ -214,11 +221,13 @@ impl RawFreeList {
 
     /// Harvests the current CPU's cache: cold paths do, so that busy caches stay exact even if
     /// nobody reads the statistics for a long time.
-    fn harvest_current(&self, seq: Sequences, index: Index) {
+    /// Returns the current index.
+    fn harvest_current(&self, seq: Sequences, index: Index) -> usize {
         let id = seq.current().index(index) as usize;
         if id < self.cpus {
             self.harvest(id);
         }
+        id
     }
 
     /// Cache `id`'s pops so far, in 64 bits: the count word's 48-bit pop count folded into a
@@ -293,9 +302,10 @@ impl RawFreeList {
     /// A push past the caches: to the global level, or below it.
     #[cold]
     fn push_direct<B: Backing>(&self, item: usize, backing: &B) -> Result<(), ()> {
-        if B::SPILLS && self.global.len() >= backing.global_limit() {
+        let shard = self.global.local();
+        if B::SPILLS && shard.len() >= self.shard_limit(backing) {
             backing.spill(&[item]);
-        } else if self.global.push_items(&[item]).is_err() {
+        } else if shard.push_items(&[item]).is_err() {
             if !B::SPILLS {
                 return Err(());
             }
@@ -316,11 +326,11 @@ impl RawFreeList {
         item: usize,
         backing: &B,
     ) -> Result<(), ()> {
-        self.harvest_current(seq, index);
-        let reserved = if B::SPILLS && self.global.len() >= backing.global_limit() {
+        let shard = self.global.shard(self.harvest_current(seq, index));
+        let reserved = if B::SPILLS && shard.len() >= self.shard_limit(backing) {
             None
         } else {
-            self.global.reserve(self.batch)
+            shard.reserve(self.batch)
         };
         if reserved.is_none() && !B::SPILLS {
             return Err(());
@@ -345,7 +355,7 @@ impl RawFreeList {
             }
         }
         match reserved {
-            Some(reserved) => self.global.fill_reserved(reserved, &batch[..n]),
+            Some(reserved) => shard.fill_reserved(reserved, &batch[..n]),
             None => backing.spill(&batch[..n]),
         }
         self.ops.add(DIRECT_PUSHES, 1);
@@ -385,7 +395,8 @@ impl RawFreeList {
     /// A pop past the caches: from the global level, or from below it.
     #[cold]
     fn pop_direct<B: Backing>(&self, backing: &B) -> Option<NonNull<u8>> {
-        let item = match self.global.pop_one() {
+        let local = rseq_sys::sched_getcpu().unwrap_or(0) as usize;
+        let item = match self.global.from(local).find_map(Global::pop_one) {
             Some(item) => item,
             None if B::FILLS => {
                 let mut batch = [0usize; MAX_CHAIN];
@@ -407,10 +418,14 @@ impl RawFreeList {
     /// batch's own global slots, or to the global level or the backing.
     #[cold]
     fn refill<B: Backing>(&self, seq: Sequences, index: Index, backing: &B) -> Option<NonNull<u8>> {
-        self.harvest_current(seq, index);
+        let id = self.harvest_current(seq, index);
         let mut batch = [0usize; MAX_CHAIN];
-        let (n, slots) = match self.global.take_batch(&mut batch) {
-            Some((n, slots)) => (n, Some(slots)),
+        let taken = self
+            .global
+            .from(id)
+            .find_map(|shard| Some((shard, shard.take_batch(&mut batch)?)));
+        let (n, slots) = match taken {
+            Some((shard, (n, slots))) => (n, Some((shard, slots))),
             None if B::FILLS => match backing.fill(&mut batch[..self.batch]) {
                 0 => return None,
                 n => (n, None),
@@ -441,7 +456,7 @@ impl RawFreeList {
             }
         }
         match slots {
-            Some(slots) => self.global.fill_reserved(slots, &batch[1..unplaced]),
+            Some((shard, slots)) => shard.fill_reserved(slots, &batch[1..unplaced]),
             None => self.park(backing, &batch[1..unplaced]),
         }
         self.ops.add(DIRECT_POPS, 1);
@@ -452,8 +467,9 @@ impl RawFreeList {
     /// Puts fresh items from the backing at the global level, or back into the backing when the
     /// global level has no memory for them.
     fn park<B: Backing>(&self, backing: &B, items: &[usize]) {
+        let shard = self.global.local();
         for chunk in items.chunks(MAX_CHAIN) {
-            if self.global.push_items(chunk).is_err() {
+            if shard.push_items(chunk).is_err() {
                 backing.spill(chunk);
             }
         }
@@ -464,13 +480,19 @@ impl RawFreeList {
     /// pushed before the drain. Not counted as pops: the items leave the freelist for its
     /// backing (the allocator's trim), not for a caller.
     pub(crate) fn pop_global_batch(&self, out: &mut [usize]) -> usize {
-        match self.global.take_batch(out) {
-            Some((n, slots)) => {
-                self.global.fill_reserved(slots, &[]);
-                n
+        for shard in self.global.from(0) {
+            if let Some((n, slots)) = shard.take_batch(out) {
+                shard.fill_reserved(slots, &[]);
+                return n;
             }
-            None => 0,
         }
+        0
+    }
+
+    /// The transfer length one shard may reach before overflow spills to the backing: the
+    /// backing's limit shared among the shards.
+    fn shard_limit<B: Backing>(&self, backing: &B) -> usize {
+        (backing.global_limit() / self.global.from(0).count()).max(MAX_CHAIN)
     }
 
     /// Cache `id`'s depth.
@@ -506,7 +528,7 @@ impl RawFreeList {
     /// the calling thread runs meanwhile (a plain [`Self::pop`] parks refilled items in the
     /// current CPU's cache, which a migrating thread would leave behind).
     pub fn pop_global(&self) -> Option<NonNull<u8>> {
-        let item = self.global.pop_one()?;
+        let item = self.global.from(0).find_map(Global::pop_one)?;
         self.ops.add(DIRECT_POPS, 1);
         NonNull::new(item as *mut u8)
     }
@@ -552,7 +574,7 @@ impl RawFreeList {
                 let take = n.min(MAX_CHAIN);
                 // SAFETY: the cache is locked, so slots[..n] are stable and ours to read.
                 let items = unsafe { core::slice::from_raw_parts(slots.add(n - take), take) };
-                match self.global.push_items(items) {
+                match self.global.shard(id).push_items(items) {
                     Ok(()) => n -= take,
                     Err(()) => result = Err(FreeListError::OutOfMemory),
                 }
@@ -585,7 +607,7 @@ impl RawFreeList {
             // SAFETY: exclusive access.
             unsafe { *count &= !(STACK_DEPTH_MASK | STACK_LOCKED) };
         }
-        while let Some(item) = self.global.pop_one() {
+        while let Some(item) = self.global.from(0).find_map(Global::pop_one) {
             if let Some(block) = NonNull::new(item as *mut u8) {
                 f(block);
             }
@@ -630,6 +652,37 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, (1..=1000).collect::<Vec<_>>());
+    }
+
+    /// Pins the calling thread to `cpu`; false if it may not run there.
+    fn pin(cpu: usize) -> bool {
+        // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = core::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, core::mem::size_of_val(&set), &set) == 0
+        }
+    }
+
+    #[test]
+    fn a_pop_past_the_caches_finds_items_in_other_cpus_shards() {
+        std::thread::spawn(|| {
+            let list = RawFreeList::new(8).unwrap();
+            if list.global.from(0).count() < 2 || !pin(0) {
+                return; // One shard: nothing to look across.
+            }
+            for n in 1..=3 {
+                list.push_direct(n * 16, &Unbacked).unwrap();
+            }
+            assert!(pin(1), "CPU 1 exists when there are two shards");
+            let mut got: Vec<usize> = std::iter::from_fn(|| list.pop_direct(&Unbacked))
+                .map(|b| b.as_ptr() as usize / 16)
+                .collect();
+            got.sort_unstable();
+            assert_eq!(got, [1, 2, 3], "items pushed on CPU 0 popped from CPU 1");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
