@@ -134,11 +134,13 @@ impl Large {
         unsafe { libc::munmap(base as *mut libc::c_void, len) };
     }
 
-    /// Resizes `block` (a live large block of page alignment or less) to `size` bytes by
-    /// remapping; `None` when the kernel refuses (the block is then unchanged).
+    /// Resizes `block` (a live large block) to `size` bytes by remapping; `None` when the block
+    /// is aligned beyond a page or the kernel refuses (the block is then unchanged).
     pub(crate) fn realloc(&self, block: *mut u8, size: usize) -> Option<*mut u8> {
         let Header { base, len } = Self::header(block);
-        debug_assert_eq!(block as usize, base + self.page_size);
+        if block as usize != base + self.page_size {
+            return None; // Aligned beyond a page: a remap could lose the alignment.
+        }
         let new_len = self.mapping_len(size)?;
         if new_len == len {
             return Some(block);

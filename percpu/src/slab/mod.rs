@@ -202,6 +202,43 @@ impl PerCpuAlloc {
         }
     }
 
+    /// Resizes `block` knowing only its address (as C's `realloc` does): in place when the new
+    /// size fits its size class or its mapping can be remapped, else moved to a block aligned
+    /// to 16. Null when out of memory (the block is then unchanged); a `new_size` of 0 gets the
+    /// smallest block.
+    ///
+    /// # Safety
+    /// `block` was returned by this allocator and not freed.
+    pub unsafe fn realloc_unsized(&self, block: *mut u8, new_size: usize) -> *mut u8 {
+        let Some(heap) = self.heap_of_block() else {
+            return ptr::null_mut();
+        };
+        let old_size = match heap.class_of_block(block) {
+            Some(class) if class_for(new_size, 16) == Some(class) => return block,
+            Some(class) => SIZES[class],
+            None => {
+                if new_size > MAX_SMALL
+                    && let Some(moved) = heap.large.realloc(block, new_size)
+                {
+                    return moved;
+                }
+                heap.large.usable_size(block)
+            }
+        };
+        let Ok(layout) = Layout::from_size_align(new_size, 16) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: a valid layout.
+        let moved = unsafe { self.alloc(layout) };
+        if !moved.is_null() {
+            // SAFETY: both blocks are live and disjoint; both hold the bytes copied.
+            unsafe { ptr::copy_nonoverlapping(block, moved, old_size.min(new_size)) };
+            // SAFETY: `block` is live and not used again.
+            unsafe { self.free(block) };
+        }
+        moved
+    }
+
     /// A large block, or null; zeroed when asked (skipping the memset on fresh mappings).
     #[cold]
     fn alloc_large(heap: &Heap, layout: Layout, zeroed: bool) -> *mut u8 {

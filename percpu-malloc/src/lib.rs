@@ -1,0 +1,262 @@
+//! `libpercpu_malloc.so`: [`percpu::PerCpuAlloc`] behind the C allocation functions, for
+//! `LD_PRELOAD=target/release/libpercpu_malloc.so program`.
+//!
+//! Exports `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
+//! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size` and `malloc_trim`, with
+//! glibc's semantics: `errno = ENOMEM` on failure, `free(NULL)` does nothing, `realloc(p, 0)`
+//! frees `p` and returns NULL, `calloc` and `reallocarray` check their multiplication.
+//!
+//! # The first call
+//! The first call may come from libc or the dynamic loader before `main`. The allocator
+//! initialises itself on that call without allocating (only `mmap`, `getenv` and reading
+//! `/sys`), so there is no bootstrap heap to outgrow. Its rseq registration may call `dlsym`,
+//! which may call `malloc` again: rseq-sys refuses re-entrant registration, so that inner call
+//! takes the atomic fallback path and nothing recurses or deadlocks.
+//!
+//! `PERCPU_MALLOC_STATS=1` prints the allocator's statistics to stderr at exit.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ffi::{c_int, c_void};
+use core::ptr;
+
+use percpu::PerCpuAlloc;
+
+/// The allocator behind every exported function.
+pub static ALLOCATOR: PerCpuAlloc = PerCpuAlloc::new();
+
+/// What `malloc` guarantees: alignment for any fundamental type.
+const MALLOC_ALIGN: usize = 16;
+
+fn set_errno(value: c_int) {
+    // SAFETY: `__errno_location` returns this thread's errno.
+    unsafe { *libc::__errno_location() = value };
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
+
+/// `size` bytes aligned to `align` (a power of two), or NULL with `errno = ENOMEM`.
+fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
+    let Ok(layout) = Layout::from_size_align(size, align.max(MALLOC_ALIGN)) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    // SAFETY: a valid layout; zero sizes are served (PerCpuAlloc gives them a unique block).
+    let block = unsafe {
+        if zeroed {
+            ALLOCATOR.alloc_zeroed(layout)
+        } else {
+            ALLOCATOR.alloc(layout)
+        }
+    };
+    if block.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    block.cast()
+}
+
+/// # Safety
+/// C's `malloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    allocate(size, MALLOC_ALIGN, false)
+}
+
+/// # Safety
+/// C's `free`: `block` is NULL or a live block from this library.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free(block: *mut c_void) {
+    // SAFETY: the caller's contract.
+    unsafe { ALLOCATOR.free(block.cast()) };
+}
+
+/// # Safety
+/// C's `calloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        Some(total) => allocate(total, MALLOC_ALIGN, true),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// C's `realloc`: `block` is NULL or a live block from this library.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn realloc(block: *mut c_void, size: usize) -> *mut c_void {
+    if block.is_null() {
+        return allocate(size, MALLOC_ALIGN, false);
+    }
+    if size == 0 {
+        // glibc: realloc(p, 0) frees p and returns NULL.
+        // SAFETY: the caller's contract.
+        unsafe { ALLOCATOR.free(block.cast()) };
+        return ptr::null_mut();
+    }
+    // SAFETY: the caller's contract.
+    let moved = unsafe { ALLOCATOR.realloc_unsized(block.cast(), size) };
+    if moved.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    moved.cast()
+}
+
+/// # Safety
+/// glibc's `reallocarray`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reallocarray(
+    block: *mut c_void,
+    count: usize,
+    size: usize,
+) -> *mut c_void {
+    match count.checked_mul(size) {
+        // SAFETY: the caller's contract.
+        Some(total) => unsafe { realloc(block, total) },
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// POSIX `posix_memalign`: `out` is valid for a pointer write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
+        return libc::EINVAL;
+    }
+    // posix_memalign reports through its result and leaves errno alone.
+    // SAFETY: reading errno, this thread's.
+    let saved = unsafe { *libc::__errno_location() };
+    let block = allocate(size, align, false);
+    set_errno(saved);
+    if block.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { *out = block };
+    0
+}
+
+/// # Safety
+/// C11 `aligned_alloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    allocate(size, align, false)
+}
+
+/// # Safety
+/// glibc's `memalign` (an alignment that is not a power of two is rounded up to one).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    match align.checked_next_power_of_two() {
+        Some(align) => allocate(size, align, false),
+        None => {
+            set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// glibc's `valloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    allocate(size, page_size(), false)
+}
+
+/// # Safety
+/// glibc's `pvalloc`: page-aligned, size rounded up to whole pages.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    let page = page_size();
+    match size.max(1).checked_next_multiple_of(page) {
+        Some(size) => allocate(size, page, false),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// glibc's `malloc_usable_size`: `block` is NULL or a live block from this library.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(block: *mut c_void) -> usize {
+    if block.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { ALLOCATOR.usable_size(block.cast()) }
+}
+
+/// glibc's `malloc_trim`: 1 if memory went back to the kernel.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    c_int::from(ALLOCATOR.trim() > 0)
+}
+
+/// A copy of stderr taken at load time: programs may close fd 2 at exit before our report runs
+/// (GNU tools' `close_stdout` does).
+static STATS_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
+
+/// Writes to the saved stderr without allocating.
+struct Stderr;
+
+impl core::fmt::Write for Stderr {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let fd = STATS_FD.load(core::sync::atomic::Ordering::Relaxed);
+        let mut bytes = s.as_bytes();
+        while !bytes.is_empty() {
+            // SAFETY: writing initialised bytes to a descriptor we own.
+            let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+            if n <= 0 {
+                return Err(core::fmt::Error);
+            }
+            bytes = &bytes[n as usize..];
+        }
+        Ok(())
+    }
+}
+
+extern "C" fn print_stats() {
+    let _ = core::fmt::write(
+        &mut Stderr,
+        format_args!("percpu-malloc statistics:\n{}\n", ALLOCATOR.stats()),
+    );
+}
+
+/// Runs when the library loads: arranges the statistics report.
+extern "C" fn on_load() {
+    // SAFETY: getenv with a NUL-terminated name; the value is read at once.
+    let value = unsafe { libc::getenv(c"PERCPU_MALLOC_STATS".as_ptr()) };
+    // SAFETY: getenv's result is NULL or a NUL-terminated string.
+    if !value.is_null() && unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes() == b"1" {
+        // SAFETY: duplicating fd 2 (close-on-exec, so children do not inherit it).
+        let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) };
+        if fd >= 0 {
+            STATS_FD.store(fd, core::sync::atomic::Ordering::Relaxed);
+            // SAFETY: a plain function that lives for the whole program.
+            unsafe { libc::atexit(print_stats) };
+        }
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = on_load;

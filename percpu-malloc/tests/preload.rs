@@ -1,0 +1,175 @@
+//! Real programs under `LD_PRELOAD=libpercpu_malloc.so`, each compared with a plain run: python3
+//! (dicts, strings, threads), sqlite3 (a few hundred thousand rows), `sort` on a generated file,
+//! and a multi-threaded C stress program of our own (`tests/stress.c`: every function of the
+//! malloc family, every alignment, cross-thread frees, 2,000 short-lived threads, C edge
+//! cases). Each must exit 0 with identical output, on the rseq path and under
+//! `PERCPU_FORCE_FALLBACK=1`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// `libpercpu_malloc.so`, which cargo builds with this package's tests beside the test binary
+/// (in `deps/`; `cargo build` copies it one level up).
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    [deps, deps.parent().unwrap()]
+        .iter()
+        .map(|dir| dir.join("libpercpu_malloc.so"))
+        .find(|lib| lib.exists())
+        .unwrap_or_else(|| panic!("no libpercpu_malloc.so in or above {}", deps.display()))
+}
+
+/// Runs `program args` with `stdin`, plain or preloaded (with `env`); returns stdout, checking
+/// the exit status.
+fn run(program: &str, args: &[&str], stdin: &[u8], preload: bool, env: &[(&str, &str)]) -> Vec<u8> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if preload {
+        cmd.env("LD_PRELOAD", library());
+        cmd.envs(env.iter().copied());
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (is it installed? .ci/run installs it)"));
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} (preload: {preload}, {env:?}) failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The program's output plain, then preloaded on both paths: all three must match.
+fn same_output(program: &str, args: &[&str], stdin: &[u8]) {
+    let plain = run(program, args, stdin, false, &[]);
+    assert!(!plain.is_empty(), "{program} printed nothing");
+    for env in [&[][..], &[("PERCPU_FORCE_FALLBACK", "1")][..]] {
+        let preloaded = run(program, args, stdin, true, env);
+        assert!(
+            preloaded == plain,
+            "{program} {args:?} printed something else under the preload ({env:?}):\n{}",
+            String::from_utf8_lossy(&preloaded)
+        );
+    }
+}
+
+#[test]
+fn python3_dicts_strings_and_threads() {
+    let script = r#"
+import threading, hashlib, json
+def work(seed, out):
+    d = {}
+    for i in range(60000):
+        k = f"key-{seed}-{i * 7919 % 100003}"
+        d[k] = [i, str(i) * (i % 7), {"n": i}]
+    s = "".join(sorted(d)[::97])
+    out[seed] = (len(d), hashlib.sha256(s.encode()).hexdigest(), sum(v[0] for v in d.values()))
+out = {}
+threads = [threading.Thread(target=work, args=(t, out)) for t in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(sorted(out.items())))
+big = [bytes(1000 + i % 50000) for i in range(3000)]
+print(sum(map(len, big)))
+"#;
+    same_output("python3", &["-c", script], b"");
+}
+
+#[test]
+fn sqlite3_hundreds_of_thousands_of_rows() {
+    let sql = "
+CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, value REAL, tag TEXT);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000)
+INSERT INTO t SELECT i, 'name-' || (i * 7919 % 300007), i * 0.5, printf('%08x', i * 2654435761 % 4294967296) FROM n;
+CREATE INDEX t_name ON t(name);
+SELECT count(*), sum(value), min(name), max(tag) FROM t;
+SELECT tag, count(*) FROM t GROUP BY substr(tag, 1, 2) ORDER BY 1 LIMIT 5;
+SELECT name FROM t WHERE name LIKE 'name-1234%' ORDER BY name LIMIT 5;
+DELETE FROM t WHERE id % 3 = 0;
+VACUUM;
+SELECT count(*), avg(value) FROM t;
+";
+    same_output("sqlite3", &[":memory:"], sql.as_bytes());
+}
+
+#[test]
+fn sort_a_large_generated_file() {
+    let mut input = Vec::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in 0..400_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        writeln!(
+            input,
+            "{:016x} line {i} {}",
+            x,
+            "word ".repeat((x % 12) as usize)
+        )
+        .unwrap();
+    }
+    let sorted = run("sort", &["--parallel=4", "-S", "64M"], &input, false, &[]);
+    assert_eq!(sorted.iter().filter(|&&b| b == b'\n').count(), 400_000);
+    same_output("sort", &["--parallel=4", "-S", "64M"], &input);
+}
+
+#[test]
+fn the_c_stress_program() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stress.c");
+    let binary = std::env::temp_dir().join(format!("percpu-malloc-stress-{}", std::process::id()));
+    let status = Command::new("cc")
+        .args([
+            "-O2",
+            "-Wall",
+            "-Wno-alloc-size-larger-than",
+            "-pthread",
+            "-o",
+        ])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("cc (is it installed? .ci/run installs it)");
+    assert!(status.success(), "compiling {}", source.display());
+    same_output(binary.to_str().unwrap(), &[], b"");
+    let _ = std::fs::remove_file(&binary);
+}
+
+#[test]
+fn statistics_at_exit_when_asked() {
+    let lib = library();
+    let out = Command::new("sh")
+        .args(["-c", "echo hello | cat"])
+        .env("LD_PRELOAD", &lib)
+        .env("PERCPU_MALLOC_STATS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"hello\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("percpu-malloc statistics:"), "{stderr}");
+    assert!(stderr.contains("total:"), "{stderr}");
+    // And nothing without the variable.
+    let quiet = Command::new("sh")
+        .args(["-c", "echo hello | cat"])
+        .env("LD_PRELOAD", &lib)
+        .output()
+        .unwrap();
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+}
