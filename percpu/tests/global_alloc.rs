@@ -221,7 +221,7 @@ fn fork_then_allocate_in_the_child_while_other_threads_allocate() {
                 assert!(n > 0, "thread {t}");
             });
         }
-        for round in 0..20 {
+        for round in 0..scaled(20).max(3) {
             // SAFETY: the child only allocates, checks and calls _exit: no locks of the parent's
             // other threads are needed except the allocator's, which fork handlers released.
             let pid = unsafe { libc::fork() };

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The classic allocator shapes (benches/malloc/shapes.c) under LD_PRELOAD: glibc, percpu
+# (libpercpu_malloc.so), and Debian's mimalloc, jemalloc and tcmalloc. Each round runs every
+# allocator once, in an order that rotates between rounds, so drift hits all alike; reports the
+# median time and the peak RSS of each, per shape, as Markdown.
+#
+# usage: benches/malloc/run.sh [ROUNDS (5)] [THREADS (the CPUs)] [SCALE (1)]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${1:-5}
+threads=${2:-$(nproc)}
+scale=${3:-1}
+work=target/malloc-bench
+mkdir -p "$work"
+
+libdir=/usr/lib/$(gcc -print-multiarch)
+declare -A lib=(
+    [mimalloc]=$libdir/libmimalloc.so.2
+    [jemalloc]=$libdir/libjemalloc.so.2
+    [tcmalloc]=$libdir/libtcmalloc_minimal.so.4
+)
+missing=()
+[ -e "${lib[mimalloc]}" ] || missing+=(libmimalloc2.0)
+[ -e "${lib[jemalloc]}" ] || missing+=(libjemalloc2)
+[ -e "${lib[tcmalloc]}" ] || missing+=(libtcmalloc-minimal4)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+cargo build --release -q -p percpu-malloc
+lib[percpu]=$PWD/target/release/libpercpu_malloc.so
+lib[glibc]=
+cc -O2 -Wall -pthread -o "$work/shapes" benches/malloc/shapes.c
+
+allocators=(glibc percpu mimalloc jemalloc tcmalloc)
+shapes=(larson xmalloc scratch mstress small)
+results=$work/results.txt
+: >"$results"
+for shape in "${shapes[@]}"; do
+    t=$threads
+    [ "$shape" = small ] && t=1
+    for ((round = 0; round < rounds; round++)); do
+        for ((i = 0; i < ${#allocators[@]}; i++)); do
+            a=${allocators[$(((i + round) % ${#allocators[@]}))]}
+            echo "$a $(LD_PRELOAD=${lib[$a]} "$work/shapes" "$shape" "$t" "$scale")" >>"$results"
+        done
+    done
+    echo "$shape done" >&2
+done
+
+python3 - "$results" "${allocators[@]}" <<'PY'
+import platform, statistics, sys
+path, allocators = sys.argv[1], sys.argv[2:]
+runs = {}
+for line in open(path):
+    alloc, shape, threads, seconds, rss = line.split()
+    runs.setdefault((shape, int(threads)), {}).setdefault(alloc, []).append((float(seconds), int(rss)))
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+print(f"Machine: {cpu}, {len(open('/proc/cpuinfo').read().split('processor')) - 1} CPUs, Linux {platform.release()}\n")
+print("median seconds (peak RSS MiB); **bold**: fastest; ratio: time / percpu time\n")
+print("| shape | threads | " + " | ".join(allocators) + " |")
+print("|---|---:|" + "---:|" * len(allocators))
+for (shape, threads), by in runs.items():
+    med = {a: statistics.median(s for s, _ in by[a]) for a in allocators}
+    rss = {a: max(r for _, r in by[a]) / 1024 for a in allocators}
+    best = min(med.values())
+    cells = []
+    for a in allocators:
+        t = f"{med[a]:.3f}"
+        if med[a] == best:
+            t = f"**{t}**"
+        cells.append(f"{t} ({rss[a]:.1f}) {med[a] / med['percpu']:.2f}×")
+    print(f"| {shape} | {threads} | " + " | ".join(cells) + " |")
+PY

@@ -1,0 +1,227 @@
+/* Classic allocator benchmark shapes, written for percpu (after the well-known originals):
+ *
+ *   larson   server simulation: threads replace random blocks in a shared-out array, then hand
+ *            the array to a new generation of threads (blocks freed by threads that did not
+ *            allocate them, and threads that come and go)
+ *   xmalloc  producer/consumer: half the threads allocate, the other half free what they get
+ *   scratch  cache-scratch: each thread repeatedly allocates a small object and writes it hard;
+ *            an allocator that gives neighbouring threads one cache line loses (false sharing)
+ *   mstress  churn: each thread keeps a window of live blocks of mixed sizes (some large),
+ *            freeing and allocating at random, with reallocs
+ *   small    single-threaded small-object churn: linked lists built and torn down
+ *
+ * usage: shapes SHAPE THREADS [SCALE]    prints: SHAPE THREADS SECONDS PEAK_RSS_KB */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static int threads;
+static long scale = 1;
+
+static uint64_t next(uint64_t *s) {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void *must(void *p) {
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static void run_threads(int n, void *(*f)(void *), void **args) {
+    pthread_t t[1024];
+    for (int i = 0; i < n; i++) pthread_create(&t[i], NULL, f, args ? args[i] : (void *)(intptr_t)i);
+    for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
+}
+
+/* ---- larson ---- */
+#define LARSON_SLOTS 1000
+struct larson { void *slot[LARSON_SLOTS]; uint64_t rng; };
+
+static void *larson_thread(void *arg) {
+    struct larson *l = arg;
+    for (long i = 0; i < 200000 * scale; i++) {
+        int s = (int)(next(&l->rng) % LARSON_SLOTS);
+        free(l->slot[s]);
+        l->slot[s] = must(malloc(16 + next(&l->rng) % 1000));
+        ((char *)l->slot[s])[0] = (char)i;
+    }
+    return NULL;
+}
+
+static void larson(void) {
+    struct larson *ls = must(calloc((size_t)threads, sizeof *ls));
+    void *args[1024];
+    for (int t = 0; t < threads; t++) {
+        ls[t].rng = 0x9e3779b97f4a7c15ull * (uint64_t)(t + 1);
+        for (int s = 0; s < LARSON_SLOTS; s++) ls[t].slot[s] = must(malloc(16 + next(&ls[t].rng) % 1000));
+        args[t] = &ls[(t + 1) % threads]; /* each generation takes over a neighbour's blocks */
+    }
+    for (int generation = 0; generation < 10; generation++) run_threads(threads, larson_thread, args);
+    for (int t = 0; t < threads; t++)
+        for (int s = 0; s < LARSON_SLOTS; s++) free(ls[t].slot[s]);
+    free(ls);
+}
+
+/* ---- xmalloc ---- */
+#define RING 4096
+struct ring { void *item[RING]; volatile long head, tail; pthread_mutex_t lock; pthread_cond_t cond; };
+
+static long xmalloc_items(void) { return 2000000 * scale; }
+
+static void *producer(void *arg) {
+    struct ring *r = arg;
+    uint64_t rng = (uint64_t)(uintptr_t)arg | 1;
+    for (long i = 0; i < xmalloc_items(); i++) {
+        void *p = must(malloc(16 + next(&rng) % 240));
+        memset(p, 1, 16);
+        pthread_mutex_lock(&r->lock);
+        while (r->head - r->tail == RING) pthread_cond_wait(&r->cond, &r->lock);
+        r->item[r->head++ % RING] = p;
+        pthread_cond_broadcast(&r->cond);
+        pthread_mutex_unlock(&r->lock);
+    }
+    return NULL;
+}
+
+static void *consumer(void *arg) {
+    struct ring *r = arg;
+    for (long i = 0; i < xmalloc_items(); i++) {
+        pthread_mutex_lock(&r->lock);
+        while (r->head == r->tail) pthread_cond_wait(&r->cond, &r->lock);
+        void *p = r->item[r->tail++ % RING];
+        pthread_cond_broadcast(&r->cond);
+        pthread_mutex_unlock(&r->lock);
+        free(p);
+    }
+    return NULL;
+}
+
+static void *xmalloc_pair(void *arg) {
+    struct ring *r = arg;
+    pthread_t c;
+    pthread_create(&c, NULL, consumer, r);
+    producer(r);
+    pthread_join(c, NULL);
+    return NULL;
+}
+
+static void xmalloc(void) {
+    int pairs = threads / 2 > 0 ? threads / 2 : 1;
+    struct ring *rings = must(calloc((size_t)pairs, sizeof *rings));
+    void *args[1024];
+    for (int p = 0; p < pairs; p++) {
+        pthread_mutex_init(&rings[p].lock, NULL);
+        pthread_cond_init(&rings[p].cond, NULL);
+        args[p] = &rings[p];
+    }
+    run_threads(pairs, xmalloc_pair, args);
+    free(rings);
+}
+
+/* ---- cache-scratch ---- */
+static void *scratch_thread(void *arg) {
+    free(arg); /* the object main allocated for us, next to our neighbours' */
+    for (long i = 0; i < 100000 * scale; i++) {
+        volatile char *p = must(malloc(8));
+        for (int w = 0; w < 1000; w++) p[w % 8] += (char)w;
+        free((void *)p);
+    }
+    return NULL;
+}
+
+static void scratch(void) {
+    void *args[1024];
+    for (int t = 0; t < threads; t++) args[t] = must(malloc(8));
+    run_threads(threads, scratch_thread, args);
+}
+
+/* ---- mstress ---- */
+#define WINDOW 2000
+static void *mstress_thread(void *arg) {
+    uint64_t rng = 0x2545f4914f6cdd1dull * (uint64_t)((intptr_t)arg + 1);
+    void **live = must(calloc(WINDOW, sizeof(void *)));
+    for (long i = 0; i < 2000000 * scale; i++) {
+        int s = (int)(next(&rng) % WINDOW);
+        uint64_t r = next(&rng);
+        size_t size = r % 100 == 0 ? 4096 + r % 60000 : 8 + r % 500;
+        if (live[s] && r % 8 == 0) {
+            live[s] = must(realloc(live[s], size));
+        } else {
+            free(live[s]);
+            live[s] = must(malloc(size));
+        }
+        memset(live[s], (int)i, size < 64 ? size : 64);
+    }
+    for (int s = 0; s < WINDOW; s++) free(live[s]);
+    free(live);
+    return NULL;
+}
+
+static void mstress(void) { run_threads(threads, mstress_thread, NULL); }
+
+/* ---- small ---- */
+struct node { struct node *next; long value[3]; };
+
+static void small(void) {
+    uint64_t rng = 42;
+    long sum = 0;
+    for (long round = 0; round < 20 * scale; round++) {
+        struct node *head = NULL;
+        for (long i = 0; i < 200000; i++) {
+            size_t size = sizeof(struct node) + next(&rng) % 96;
+            struct node *n = must(malloc(size));
+            n->next = head;
+            n->value[0] = i;
+            head = n;
+        }
+        while (head) {
+            struct node *n = head;
+            head = n->next;
+            sum += n->value[0];
+            free(n);
+        }
+    }
+    if (sum == 42) puts("");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s larson|xmalloc|scratch|mstress|small THREADS [SCALE]\n", argv[0]);
+        return 2;
+    }
+    threads = atoi(argv[2]);
+    if (threads < 1 || threads > 1024) threads = 1;
+    if (argc > 3) scale = atol(argv[3]) > 0 ? atol(argv[3]) : 1;
+    double t0 = now();
+    if (!strcmp(argv[1], "larson")) larson();
+    else if (!strcmp(argv[1], "xmalloc")) xmalloc();
+    else if (!strcmp(argv[1], "scratch")) scratch();
+    else if (!strcmp(argv[1], "mstress")) mstress();
+    else if (!strcmp(argv[1], "small")) small();
+    else {
+        fprintf(stderr, "unknown shape %s\n", argv[1]);
+        return 2;
+    }
+    double t1 = now();
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    printf("%s %d %.4f %ld\n", argv[1], threads, t1 - t0, u.ru_maxrss);
+    return 0;
+}
