@@ -13,7 +13,8 @@ use super::lock::SpinLock;
 use super::pages::{PageHeap, SLAB_SIZE, Slab};
 
 pub(crate) struct Central {
-    lock: SpinLock,
+    /// Also taken around `fork` (see `Heap::lock_for_fork`).
+    pub(super) lock: SpinLock,
     /// Slabs with blocks to give (under the lock).
     partial: AtomicPtr<Slab>,
     class: u32,
@@ -164,16 +165,5 @@ impl Central {
     /// Blocks above this level (in use, or in caches and the transfer level).
     pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn lock_for_fork(&self) {
-        self.lock.acquire();
-    }
-
-    /// # Safety
-    /// After [`Self::lock_for_fork`], in the parent or the child.
-    pub(crate) unsafe fn unlock_after_fork(&self) {
-        // SAFETY: the caller took it in `lock_for_fork`.
-        unsafe { self.lock.release() };
     }
 }

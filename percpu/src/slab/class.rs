@@ -1,7 +1,7 @@
 //! Size classes: which block size serves a request.
 //!
 //! 16-byte steps up to 128 bytes, then four classes per doubling (160, 192, 224, 256, 320, ...)
-//! up to [`MAX_SMALL`]: 40 classes. A block is at most 15 bytes larger than a request of up to
+//! up to [`MAX_SMALL`] (128 KiB): 48 classes. A block is at most 15 bytes larger than a request of up to
 //! 128 bytes, and less than 25% larger above that (at most 20% of the block is waste). Every
 //! power of two from 16 up is a class, so any alignment up to [`MAX_SMALL`] has a class whose
 //! size is a multiple of it, and blocks, laid out at multiples of their size from a slab start,
@@ -9,9 +9,10 @@
 
 /// The largest request (size, or size rounded up to its alignment) served from slabs; larger
 /// ones get their own mapping.
-pub(crate) const MAX_SMALL: usize = 32 << 10;
-/// Number of size classes.
-pub(crate) const CLASSES: usize = 40;
+pub(crate) const MAX_SMALL: usize = 1 << MAX_SMALL_SHIFT;
+const MAX_SMALL_SHIFT: usize = 17;
+/// Number of size classes: eight of 16-byte steps, then four per doubling from 128 bytes.
+pub(crate) const CLASSES: usize = 8 + 4 * (MAX_SMALL_SHIFT - 7);
 /// The alignment every block has without asking.
 pub(crate) const MIN_ALIGN: usize = 16;
 
@@ -26,7 +27,7 @@ const fn sizes() -> [usize; CLASSES] {
         i += 1;
     }
     let mut shift = 7;
-    while shift < 15 {
+    while shift < MAX_SMALL_SHIFT {
         let mut step = 1;
         while step <= 4 {
             sizes[i] = (1 << shift) + step * (1 << (shift - 2));
@@ -92,7 +93,7 @@ mod tests {
     fn classes_ascend_and_cover_every_power_of_two() {
         assert!(SIZES.windows(2).all(|w| w[0] < w[1]));
         assert!(SIZES.iter().all(|s| s % MIN_ALIGN == 0));
-        for shift in 4..=15 {
+        for shift in 4..=MAX_SMALL_SHIFT {
             assert!(SIZES.contains(&(1 << shift)), "2^{shift}");
         }
     }

@@ -205,10 +205,10 @@ impl Heap {
     pub(crate) fn lock_for_fork(&self) {
         self.trim_lock.acquire();
         for class in &self.classes {
-            class.central.lock_for_fork();
+            class.central.lock.acquire();
         }
-        self.pages.lock_for_fork();
-        self.large.lock_for_fork();
+        self.pages.lock.acquire();
+        self.large.lock.acquire();
     }
 
     /// # Safety
@@ -216,10 +216,10 @@ impl Heap {
     pub(crate) unsafe fn unlock_after_fork(&self) {
         // SAFETY: the caller took them all in `lock_for_fork`.
         unsafe {
-            self.large.unlock_after_fork();
-            self.pages.unlock_after_fork();
+            self.large.lock.release();
+            self.pages.lock.release();
             for class in &self.classes {
-                class.central.unlock_after_fork();
+                class.central.lock.release();
             }
             self.trim_lock.release();
         }

@@ -12,7 +12,7 @@ use super::lock::SpinLock;
 use super::pages::map;
 
 /// Freed mappings kept for reuse.
-const CACHE_ENTRIES: usize = 16;
+const CACHE_ENTRIES: usize = 32;
 /// At most this many bytes are kept in the cache, and no single mapping above this.
 const CACHE_BYTES: usize = 64 << 20;
 const CACHE_SPAN: usize = 16 << 20;
@@ -33,7 +33,8 @@ pub(crate) struct LargeBlock {
 }
 
 pub(crate) struct Large {
-    lock: SpinLock,
+    /// Also taken around `fork` (see `Heap::lock_for_fork`).
+    pub(super) lock: SpinLock,
     /// `(base, len)` of cached mappings; len 0 marks a free entry (under the lock).
     cache: [(AtomicUsize, AtomicUsize); CACHE_ENTRIES],
     cached_bytes: AtomicUsize,
@@ -225,17 +226,6 @@ impl Large {
 
     pub(crate) fn frees(&self) -> usize {
         self.frees.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn lock_for_fork(&self) {
-        self.lock.acquire();
-    }
-
-    /// # Safety
-    /// After [`Self::lock_for_fork`], in the parent or the child.
-    pub(crate) unsafe fn unlock_after_fork(&self) {
-        // SAFETY: the caller took it in `lock_for_fork`.
-        unsafe { self.lock.release() };
     }
 }
 

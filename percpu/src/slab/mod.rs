@@ -13,7 +13,7 @@
 //! - **Page heap** ([`pages`]): 256 KiB slabs, mapped 4 MiB at a time, and the address → slab
 //!   map that finds any block's class from its pointer. Empty slabs come back here; beyond a
 //!   few kept resident, their memory goes back to the kernel with `MADV_DONTNEED`.
-//! - **Large blocks** ([`large`]) beyond 32 KiB: a mapping each, with a bounded cache of freed
+//! - **Large blocks** ([`large`]) beyond 128 KiB: a mapping each, with a bounded cache of freed
 //!   mappings, and `mremap` for `realloc`.
 //!
 //! Memory is bounded by CPUs, not threads: caches belong to CPUs, so a thread that exits
@@ -93,8 +93,8 @@ impl PerCpuAlloc {
     }
 
     /// An allocator whose per-CPU caches hold about `bytes` per size class (at least 2 and at
-    /// most 2048 blocks each): per CPU, at most about `40 × bytes` sit in caches (2.5 MiB by
-    /// default).
+    /// most 2048 blocks each): per CPU, at most about `48 × bytes` sit in caches, plus two blocks
+    /// of each class above `bytes` (about 4 MiB in all by default).
     pub const fn with_cpu_cache_bytes(bytes: usize) -> PerCpuAlloc {
         PerCpuAlloc {
             heap: AtomicPtr::new(ptr::null_mut()),

@@ -90,7 +90,8 @@ impl SlabStack {
 }
 
 pub(crate) struct PageHeap {
-    lock: SpinLock,
+    /// Also taken around `fork` (see `Heap::lock_for_fork`).
+    pub(super) lock: SpinLock,
     /// `[AtomicPtr<Slab>; TOP_ENTRIES]`: leaves, null until mapped.
     top: Mapping,
     /// Empty slabs still resident.
@@ -247,18 +248,6 @@ impl PageHeap {
     /// Bytes in empty slabs kept resident.
     pub(crate) fn empty_bytes(&self) -> usize {
         self.empty.len.load(Ordering::Relaxed) * SLAB_SIZE
-    }
-
-    /// Takes and releases the lock for `fork`.
-    pub(crate) fn lock_for_fork(&self) {
-        self.lock.acquire();
-    }
-
-    /// # Safety
-    /// After [`Self::lock_for_fork`], in the parent or the child.
-    pub(crate) unsafe fn unlock_after_fork(&self) {
-        // SAFETY: the caller took it in `lock_for_fork`.
-        unsafe { self.lock.release() };
     }
 }
 
