@@ -2,8 +2,9 @@
  *
  * Threads allocate with every function of the malloc family and every alignment up to 1 MiB,
  * fill and check patterns, hand a share of their blocks to other threads to free (a mutex-
- * protected exchange), and check the C edge cases. Prints "ok" and a checksum that does not
- * depend on the allocator, so a plain run and an LD_PRELOAD run print the same. */
+ * protected exchange), fork while they run (the child allocates at once), start and end 2,000
+ * short-lived threads, and check the C edge cases. Prints "ok" (and nothing that depends on the
+ * allocator), so a plain run and an LD_PRELOAD run print the same. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <malloc.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define THREADS 16
@@ -194,6 +196,24 @@ int main(void) {
     pthread_t threads[THREADS];
     for (int i = 0; i < THREADS; i++)
         CHECK(pthread_create(&threads[i], NULL, thread_main, (void *)(intptr_t)i) == 0);
+    /* fork while the threads allocate: the child must be able to allocate at once. */
+    for (int f = 0; f < 10; f++) {
+        pid_t pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0) {
+            void *blocks[1000];
+            for (int i = 0; i < 1000; i++) {
+                blocks[i] = malloc((size_t)(i * 37 % 5000));
+                if (!blocks[i]) _exit(3);
+                memset(blocks[i], i, (size_t)(i * 37 % 5000));
+            }
+            for (int i = 0; i < 1000; i++) free(blocks[i]);
+            _exit(0);
+        }
+        int status = 0;
+        CHECK(waitpid(pid, &status, 0) == pid);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
     for (int i = 0; i < THREADS; i++) CHECK(pthread_join(threads[i], NULL) == 0);
     for (int i = 0; i < EXCHANGE; i++) {
         free(exchange[i]);
