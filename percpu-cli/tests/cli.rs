@@ -191,3 +191,128 @@ fn under_valgrind_the_cli_reports_no_rseq_and_still_works() {
         "{demo}"
     );
 }
+
+#[test]
+fn bench_quick_json_reports_every_family_and_contender() {
+    let out = percpu(&["bench", "--quick", "--json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("percpu bench: counters: 1 thread"),
+        "no progress shown: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in ["cpu", "cpus", "kernel", "glibc", "rseq"] {
+        assert!(!v["machine"][key].is_null(), "machine.{key} missing");
+    }
+    let expected = [
+        (
+            "counters",
+            &[
+                "percpu_rseq",
+                "shared_atomic",
+                "sharded_atomic",
+                "thread_local",
+                "percpu_fallback",
+            ][..],
+        ),
+        (
+            "freelists",
+            &[
+                "percpu_rseq",
+                "crossbeam_array_queue",
+                "crossbeam_seg_queue",
+                "mutex_vec",
+                "percpu_fallback",
+            ][..],
+        ),
+        (
+            "allocation",
+            &[
+                "percpu_rseq",
+                "glibc",
+                "mimalloc",
+                "jemalloc",
+                "percpu_fallback",
+            ][..],
+        ),
+    ];
+    let families = v["families"].as_array().expect("families");
+    assert_eq!(families.len(), expected.len());
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for (family, (name, contenders)) in families.iter().zip(expected) {
+        assert_eq!(family["name"], name);
+        let threads: Vec<u64> = family["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect();
+        assert_eq!(threads.first(), Some(&1), "{name}");
+        assert_eq!(
+            threads.last(),
+            Some(&(2 * cpus as u64)),
+            "{name}: up to 2× CPUs"
+        );
+        let got: Vec<&str> = family["contenders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, contenders, "{name}");
+        for c in family["contenders"].as_array().unwrap() {
+            let ns = c["ns"].as_array().unwrap();
+            assert_eq!(ns.len(), threads.len(), "{name}/{}", c["name"]);
+            for value in ns.iter().chain(c["ratio"].as_array().unwrap()) {
+                let value = value.as_f64().expect("a number");
+                assert!(
+                    value.is_finite() && value > 0.0,
+                    "{name}/{}: {value}",
+                    c["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bench_writes_a_report_with_plots() {
+    let dir = std::env::temp_dir().join(format!("percpu-bench-{}", std::process::id()));
+    let out = percpu(&["bench", "--quick", "--out", dir.to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    for family in ["counters", "freelists", "allocation"] {
+        assert!(page.contains(&format!("## {family}")), "{page}");
+        let svg = std::fs::read_to_string(dir.join(format!("{family}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{family}.svg"
+        );
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            5,
+            "{family}.svg: one line per contender"
+        );
+    }
+    assert!(page.contains("**Machine:**"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_refuses_bad_arguments() {
+    let out = percpu(&["bench", "--frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = percpu(&["bench", "--out"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = percpu(&["bench"], &[("PERCPU_FORCE_FALLBACK", "1")]);
+    assert_eq!(out.status.code(), Some(2));
+}
