@@ -161,11 +161,12 @@ fn under_valgrind_the_cli_reports_no_rseq_and_still_works() {
     );
     let run = |args: &[&str]| {
         let out = Command::new("valgrind")
-            .args([
-                "--quiet",
-                "--error-exitcode=99",
-                env!("CARGO_BIN_EXE_percpu"),
-            ])
+            .args(["--quiet", "--error-exitcode=99"])
+            .arg(format!(
+                "--suppressions={}/tests/valgrind.supp",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .arg(env!("CARGO_BIN_EXE_percpu"))
             .args(args)
             .env_remove("GLIBC_TUNABLES")
             .output()
