@@ -6,23 +6,14 @@ mod ops {
     pub mod freelist;
 }
 
-use common::{Rng, assert_child_passed, run_child, scaled};
+use common::{assert_child_passed, run_child, scaled};
 
 fn run_corpus() {
-    let inputs = scaled(600);
-    let mut rng = Rng::new(0xf7ee);
-    let mut ops_run = 0;
-    for _ in 0..inputs {
-        let len = rng.below(160) as usize;
-        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        let input = ops::freelist::decode(&data);
-        ops_run += input.ops.len();
+    common::run_corpus(0xf7ee, scaled(600), 160, 50, |data| {
+        let input = ops::freelist::decode(data);
         ops::freelist::run(&input);
-    }
-    assert!(
-        ops_run > 50 * inputs,
-        "the corpus exercised too little: {ops_run} ops"
-    );
+        input.ops.len()
+    });
 }
 
 #[test]

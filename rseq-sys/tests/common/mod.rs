@@ -312,3 +312,26 @@ pub fn scaled(n: usize) -> usize {
         .and_then(|s| s.parse::<usize>().ok());
     (n / scale.unwrap_or(1).max(1)).max(1)
 }
+
+/// Feeds `inputs` pseudo-random inputs of up to `max_len` bytes (from `seed`) to `run`, which
+/// decodes and runs one and returns how many ops it decoded to; fails if the corpus averaged
+/// fewer than `min_ops_per_input` (a decoder that broke would exercise almost nothing).
+pub fn run_corpus(
+    seed: u64,
+    inputs: usize,
+    max_len: u64,
+    min_ops_per_input: usize,
+    mut run: impl FnMut(&[u8]) -> usize,
+) {
+    let mut rng = Rng::new(seed);
+    let mut ops_run = 0;
+    for _ in 0..inputs {
+        let len = rng.below(max_len) as usize;
+        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        ops_run += run(&data);
+    }
+    assert!(
+        ops_run > min_ops_per_input * inputs,
+        "the corpus exercised too little: {ops_run} ops over {inputs} inputs"
+    );
+}
