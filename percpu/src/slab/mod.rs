@@ -2,9 +2,11 @@
 //!
 //! # Levels
 //! - **Per-CPU caches**, one per size class: a [`RawFreeList`](crate::RawFreeList)'s array
-//!   stacks. `alloc` and `dealloc` of a small block are one rseq sequence each plus a per-CPU
-//!   statistics add; nothing shared is written.
-//! - **Transfer level**, per class: the freelist's lock-free global level. Full caches overflow
+//!   stacks. `alloc` and `dealloc` of a small block are one rseq sequence each (the pop also
+//!   counts the allocation for [`PerCpuAlloc::stats`], in its own commit); nothing shared is
+//!   written.
+//! - **Transfer level**, per class: the freelist's lock-free global level, in per-CPU shards.
+//!   Full caches overflow
 //!   into it and empty ones refill from it, a batch at a time, so a thread that frees what
 //!   another allocates passes blocks across CPUs without reaching the slabs.
 //! - **Central level**, per class ([`central`]): the slabs serving the class, each with its own
@@ -21,7 +23,8 @@
 //!
 //! # Without rseq
 //! Threads without rseq (or every thread under `PERCPU_FORCE_FALLBACK=1`) skip the per-CPU
-//! caches and use the transfer level directly: lock-free atomics, allocation-free.
+//! caches and use their CPU's shard of the transfer level directly: lock-free atomics,
+//! allocation-free.
 //!
 //! # Rules it keeps
 //! Every path is free of the global allocator (all memory is `mmap`ed), of panics and unwinding,
