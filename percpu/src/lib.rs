@@ -5,7 +5,7 @@
 //!   per-CPU array caches over a lock-free global level.
 //! - [`slab`]: [`PerCpuAlloc`], a slab allocator with per-CPU caches, usable as
 //!   `#[global_allocator]`.
-//! - [`mode`]: which path the current thread takes ([`mode()`]): rseq sequences, or the atomic
+//! - [`mode`](mod@mode): which path the current thread takes ([`mode()`]): rseq sequences, or the atomic
 //!   fallback used when the thread has no rseq or `PERCPU_FORCE_FALLBACK=1` is set.
 //!
 //! Every structure works unchanged without rseq (old kernels, seccomp, valgrind, emulators): it

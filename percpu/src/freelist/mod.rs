@@ -12,7 +12,7 @@
 //! A push onto a full cache moves a batch (half the capacity, at most 64) to the shared global
 //! level; a pop from an empty cache takes a batch back. So a producer that only frees and a
 //! consumer that only allocates, on different CPUs, each pay one global operation per batch,
-//! not per item. The global level ([`global`]) is lock-free and allocation-free, and split into
+//! not per item. The global level (`global.rs`) is lock-free and allocation-free, and split into
 //! shards, one per CPU up to 16: batches go to the shard of the CPU they leave, and a pop that
 //! finds its own shard empty looks at the others before reporting empty.
 //!

@@ -9,13 +9,13 @@
 //!   Full caches overflow
 //!   into it and empty ones refill from it, a batch at a time, so a thread that frees what
 //!   another allocates passes blocks across CPUs without reaching the slabs.
-//! - **Central level**, per class ([`central`]): the slabs serving the class, each with its own
+//! - **Central level**, per class (`central.rs`): the slabs serving the class, each with its own
 //!   free list and live count, under one lock reached only in batches: when the transfer level
 //!   is empty (fill) or holds more than about 1 MiB (spill).
-//! - **Page heap** ([`pages`]): 256 KiB slabs, mapped 4 MiB at a time, and the address → slab
+//! - **Page heap** (`pages.rs`): 256 KiB slabs, mapped 4 MiB at a time, and the address → slab
 //!   map that finds any block's class from its pointer. Empty slabs come back here; beyond a
 //!   few kept resident, their memory goes back to the kernel with `MADV_DONTNEED`.
-//! - **Large blocks** ([`large`]) beyond 128 KiB: a mapping each, with a bounded cache of freed
+//! - **Large blocks** (`large.rs`) beyond 128 KiB: a mapping each, with a bounded cache of freed
 //!   mappings, and `mremap` for `realloc`.
 //!
 //! Memory is bounded by CPUs, not threads: caches belong to CPUs, so a thread that exits
