@@ -25,22 +25,8 @@ impl Mapping {
     /// Maps `len` zeroed bytes (rounded up to pages); `None` if the kernel refuses.
     pub(crate) fn new(len: usize) -> Option<Mapping> {
         let len = len.max(1);
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions.
-        let ptr = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return None;
-        }
         Some(Mapping {
-            ptr: NonNull::new(ptr.cast())?,
+            ptr: NonNull::new(map(len)? as *mut u8)?,
             len,
         })
     }
@@ -55,6 +41,23 @@ impl Drop for Mapping {
         // SAFETY: unmapping exactly the region we mapped, which nothing uses any more.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+/// Maps `len` zeroed bytes without reserving swap for them (much of what is mapped here is never
+/// touched); the address, or `None` if the kernel refuses. The caller unmaps it.
+pub(crate) fn map(len: usize) -> Option<usize> {
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p as usize)
 }
 
 /// `n` rounded up to a multiple of `align` (a power of two).

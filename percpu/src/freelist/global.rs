@@ -392,6 +392,11 @@ impl Shards {
         (0..self.count).map(move |i| self.shard(id + i))
     }
 
+    /// How many shards there are.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
     /// About how many items all shards hold.
     pub(crate) fn len(&self) -> usize {
         self.from(0).map(Global::len).sum()

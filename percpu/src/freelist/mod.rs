@@ -492,7 +492,7 @@ impl RawFreeList {
     /// The transfer length one shard may reach before overflow spills to the backing: the
     /// backing's limit shared among the shards.
     fn shard_limit<B: Backing>(&self, backing: &B) -> usize {
-        (backing.global_limit() / self.global.from(0).count()).max(MAX_CHAIN)
+        (backing.global_limit() / self.global.count()).max(MAX_CHAIN)
     }
 
     /// Cache `id`'s depth.
@@ -668,7 +668,7 @@ mod tests {
     fn a_pop_past_the_caches_finds_items_in_other_cpus_shards() {
         std::thread::spawn(|| {
             let list = RawFreeList::new(8).unwrap();
-            if list.global.from(0).count() < 2 || !pin(0) {
+            if list.global.count() < 2 || !pin(0) {
                 return; // One shard: nothing to look across.
             }
             for n in 1..=3 {

@@ -37,7 +37,6 @@ pub(crate) struct Heap {
     pub(crate) large: Large,
     /// Serialises `trim` (and holds off `fork` while one runs).
     trim_lock: SpinLock,
-    pub(crate) page_size: usize,
     /// Next heap registered for the fork handlers.
     pub(crate) fork_next: core::sync::atomic::AtomicPtr<Heap>,
 }
@@ -72,7 +71,7 @@ impl Heap {
     /// # Safety
     /// `at` is valid for writes of a `Heap` and holds nothing that needs dropping.
     pub(crate) unsafe fn init(at: *mut Heap, cache_bytes: usize, page_size: usize) -> bool {
-        let Some(pages) = PageHeap::new(page_size) else {
+        let Some(pages) = PageHeap::new() else {
             return false;
         };
         // Built in place, one class at a time: a `Heap` is too large to build on small stacks.
@@ -97,7 +96,6 @@ impl Heap {
             ptr::addr_of_mut!((*at).pages).write(pages);
             ptr::addr_of_mut!((*at).large).write(Large::new(page_size));
             ptr::addr_of_mut!((*at).trim_lock).write(SpinLock::new());
-            ptr::addr_of_mut!((*at).page_size).write(page_size);
             ptr::addr_of_mut!((*at).fork_next).write(Default::default());
         }
         true

@@ -9,7 +9,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::lock::SpinLock;
-use super::pages::map;
+use crate::storage::map;
 
 /// Freed mappings kept for reuse.
 const CACHE_ENTRIES: usize = 32;
@@ -135,13 +135,14 @@ impl Large {
         unsafe { libc::munmap(base as *mut libc::c_void, len) };
     }
 
-    /// Resizes `block` (a live large block) to `size` bytes by remapping; `None` when the block
-    /// is aligned beyond a page or the kernel refuses (the block is then unchanged).
-    pub(crate) fn realloc(&self, block: *mut u8, size: usize) -> Option<*mut u8> {
-        let Header { base, len } = Self::header(block);
-        if block as usize != base + self.page_size {
-            return None; // Aligned beyond a page: a remap could lose the alignment.
+    /// Resizes `block` (a live large block) to `size` bytes by remapping, keeping it aligned to
+    /// `align`; `None` when `align` is beyond a page (the kernel may move the mapping to any
+    /// page) or the kernel refuses. The block is then unchanged.
+    pub(crate) fn realloc(&self, block: *mut u8, size: usize, align: usize) -> Option<*mut u8> {
+        if align > self.page_size {
+            return None;
         }
+        let Header { base, len } = Self::header(block);
         let new_len = self.mapping_len(size)?;
         if new_len == len {
             return Some(block);

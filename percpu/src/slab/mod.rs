@@ -221,7 +221,7 @@ impl PerCpuAlloc {
             Some(class) => SIZES[class],
             None => {
                 if new_size > MAX_SMALL
-                    && let Some(moved) = heap.large.realloc(block, new_size)
+                    && let Some(moved) = heap.large.realloc(block, new_size, 16)
                 {
                     return moved;
                 }
@@ -231,13 +231,28 @@ impl PerCpuAlloc {
         let Ok(layout) = Layout::from_size_align(new_size, 16) else {
             return ptr::null_mut();
         };
-        // SAFETY: a valid layout.
+        // SAFETY: `block` is live and holds `old_size` bytes; `free` needs only its address.
+        unsafe { self.move_block(block, old_size, layout, |alloc| alloc.free(block)) }
+    }
+
+    /// Allocates `layout`, copies the first `min(old_size, layout.size())` bytes of `block` into
+    /// it and frees `block` with `free_old`; null (with `block` untouched) when out of memory.
+    ///
+    /// # Safety
+    /// `block` is live, holds `old_size` bytes, and `free_old` frees it correctly.
+    unsafe fn move_block(
+        &self,
+        block: *mut u8,
+        old_size: usize,
+        layout: Layout,
+        free_old: impl FnOnce(&Self),
+    ) -> *mut u8 {
+        // SAFETY: a valid layout, this allocator's own alloc.
         let moved = unsafe { self.alloc(layout) };
         if !moved.is_null() {
             // SAFETY: both blocks are live and disjoint; both hold the bytes copied.
-            unsafe { ptr::copy_nonoverlapping(block, moved, old_size.min(new_size)) };
-            // SAFETY: `block` is live and not used again.
-            unsafe { self.free(block) };
+            unsafe { ptr::copy_nonoverlapping(block, moved, old_size.min(layout.size())) };
+            free_old(self);
         }
         moved
     }
@@ -281,7 +296,7 @@ fn create_heap(cpu_cache_bytes: usize) -> Option<NonNull<Heap>> {
         _ => 4096,
     };
     let len = core::mem::size_of::<Heap>();
-    let at = pages::map(len)? as *mut Heap;
+    let at = crate::storage::map(len)? as *mut Heap;
     const { assert!(core::mem::align_of::<Heap>() <= 4096) };
     // SAFETY: a fresh mapping, page-aligned and large enough, holding nothing.
     if unsafe { Heap::init(at, cpu_cache_bytes, page_size) } {
@@ -352,8 +367,8 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
         let new = class_for(new_size, layout.align());
         match (old, new) {
             (Some(a), Some(b)) if a == b => return block,
-            (None, None) if layout.align() <= heap.page_size => {
-                if let Some(moved) = heap.large.realloc(block, new_size) {
+            (None, None) => {
+                if let Some(moved) = heap.large.realloc(block, new_size, layout.align()) {
                     return moved;
                 }
             }
@@ -362,15 +377,13 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
         // SAFETY: (caller's contract) the new layout is valid: same alignment, a size that
         // does not overflow isize when rounded up.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        // SAFETY: a valid, non-zero-or-handled layout; this allocator's own alloc.
-        let moved = unsafe { self.alloc(new_layout) };
-        if !moved.is_null() {
-            // SAFETY: both blocks are live, disjoint, and hold at least the bytes copied.
-            unsafe { ptr::copy_nonoverlapping(block, moved, layout.size().min(new_size)) };
-            // SAFETY: `block` was allocated here with `layout` and is not used again.
-            unsafe { self.dealloc(block, layout) };
+        // SAFETY: `block` is live with `layout`, which holds `layout.size()` bytes, and is freed
+        // with it.
+        unsafe {
+            self.move_block(block, layout.size(), new_layout, |alloc| {
+                alloc.dealloc(block, layout)
+            })
         }
-        moved
     }
 }
 

@@ -14,7 +14,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use super::lock::SpinLock;
-use crate::storage::Mapping;
+use crate::storage::{Mapping, map};
 
 pub(crate) const SLAB_SHIFT: u32 = 18;
 /// Bytes per slab.
@@ -101,18 +101,16 @@ pub(crate) struct PageHeap {
     /// Slabs the kernel holds no memory for (never touched, or given back): zero when reused.
     released: SlabStack,
     mapped_bytes: AtomicUsize,
-    page_size: usize,
 }
 
 impl PageHeap {
-    pub(crate) fn new(page_size: usize) -> Option<PageHeap> {
+    pub(crate) fn new() -> Option<PageHeap> {
         Some(PageHeap {
             lock: SpinLock::new(),
             top: Mapping::new(TOP_ENTRIES * core::mem::size_of::<AtomicPtr<Slab>>())?,
             empty: SlabStack::new(),
             released: SlabStack::new(),
             mapped_bytes: AtomicUsize::new(0),
-            page_size,
         })
     }
 
@@ -202,7 +200,6 @@ impl PageHeap {
             unsafe { libc::munmap(base as *mut libc::c_void, chunk) };
             return None;
         }
-        debug_assert!(self.page_size <= SLAB_SIZE);
         // Publish every slab's leaf before the slabs themselves; a missing leaf means no memory,
         // and the chunk goes back.
         for i in 0..CHUNK_SLABS {
@@ -278,21 +275,4 @@ impl Drop for PageHeap {
             unsafe { libc::munmap(leaf.cast(), LEAF_SLABS * core::mem::size_of::<Slab>()) };
         }
     }
-}
-
-/// Maps `len` zeroed bytes with no reservation of swap (slab and leaf memory is mostly never
-/// touched); the address, or `None` if the kernel refuses.
-pub(crate) fn map(len: usize) -> Option<usize> {
-    // SAFETY: an anonymous private mapping with no address hint has no preconditions.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    (p != libc::MAP_FAILED).then_some(p as usize)
 }
