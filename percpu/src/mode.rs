@@ -62,7 +62,7 @@ pub fn mode() -> Mode {
         Some(current) => match current.sequences() {
             None => Mode::Fallback(FallbackReason::NoSequences),
             Some(_) => Mode::Rseq {
-                index: Index::best(current.kernel_size()),
+                index: current.best_index(),
             },
         },
     }
@@ -74,7 +74,7 @@ pub fn mode() -> Mode {
 #[inline(always)]
 pub(crate) fn rseq_path() -> Option<(Sequences, Index)> {
     let current = rseq_sys::current()?;
-    Some((current.sequences()?, Index::best(current.kernel_size())))
+    Some((current.sequences()?, current.best_index()))
 }
 
 const FORCE_UNKNOWN: u8 = 0;

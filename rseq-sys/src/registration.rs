@@ -132,6 +132,8 @@ pub fn errno_name(errno: i32) -> &'static str {
 pub struct Current {
     area: NonNull<Rseq>,
     kernel_size: u32,
+    /// `Index::best(kernel_size)`, kept so fast paths need not recompute it.
+    best: crate::Index,
     owner: Owner,
     _not_send: PhantomData<*mut ()>,
 }
@@ -157,6 +159,13 @@ impl Current {
     #[inline]
     pub fn kernel_size(self) -> u32 {
         self.kernel_size
+    }
+
+    /// The index to use for per-CPU data: [`Index::best`](crate::Index::best) of
+    /// [`Self::kernel_size`], read from the thread's registration rather than computed.
+    #[inline]
+    pub fn best_index(self) -> crate::Index {
+        self.best
     }
 
     /// [`Owner::Glibc`] or [`Owner::Own`].
@@ -230,6 +239,7 @@ enum NotRegistered {
 struct ThreadRseq {
     area: Cell<*mut Rseq>,
     kernel_size: Cell<u32>,
+    best: Cell<crate::Index>,
     owner: Cell<Owner>,
     /// Meaningful only while `area` is null.
     not_registered: Cell<NotRegistered>,
@@ -240,6 +250,7 @@ thread_local! {
         ThreadRseq {
             area: Cell::new(ptr::null_mut()),
             kernel_size: Cell::new(0),
+            best: Cell::new(crate::Index::CpuId),
             owner: Cell::new(Owner::None),
             not_registered: Cell::new(NotRegistered::Unknown),
         }
@@ -267,6 +278,7 @@ pub fn current() -> Option<Current> {
         Some(area) => Some(Current {
             area,
             kernel_size: t.kernel_size.get(),
+            best: t.best.get(),
             owner: t.owner.get(),
             _not_send: PhantomData,
         }),
@@ -284,6 +296,7 @@ fn current_slow(t: &ThreadRseq) -> Option<Current> {
     match register_thread() {
         Ok(current) => {
             t.kernel_size.set(current.kernel_size);
+            t.best.set(current.best);
             t.owner.set(current.owner);
             t.area.set(current.area.as_ptr());
             Some(current)
@@ -300,6 +313,7 @@ fn set_unavailable(why: Unavailable) {
     THREAD.with(|t| {
         t.area.set(ptr::null_mut());
         t.kernel_size.set(0);
+        t.best.set(crate::Index::CpuId);
         t.owner.set(Owner::None);
         t.not_registered.set(NotRegistered::Unavailable(why));
     });
@@ -423,6 +437,7 @@ fn glibc_area(process: ProcessInfo) -> Result<Current, Unavailable> {
     let current = Current {
         area,
         kernel_size,
+        best: crate::Index::best(kernel_size),
         owner: Owner::Glibc,
         _not_send: PhantomData,
     };
@@ -463,6 +478,7 @@ fn register_own_area(process: ProcessInfo) -> Result<Current, Unavailable> {
         // SAFETY: a thread-local's address is never null.
         area: unsafe { NonNull::new_unchecked(area) },
         kernel_size: process.feature_size,
+        best: crate::Index::best(process.feature_size),
         owner: Owner::Own,
         _not_send: PhantomData,
     };

@@ -36,13 +36,16 @@ pub const STACK_POPS_SHIFT: u32 = 16;
 pub const STACK_MAX_CAPACITY: usize = STACK_DEPTH_MASK;
 
 /// Which `struct rseq` field indexes per-CPU data.
+///
+/// Each variant's value is its field's byte offset, so finding the field is one add.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Index {
     /// `cpu_id`: one slot per possible CPU.
-    CpuId,
+    CpuId = abi::CPU_ID_OFFSET as u8,
     /// `mm_cid`: compact ids `< min(threads, CPUs)`, so a process with few threads touches few
     /// slots (needs `kernel_size >= 28`).
-    MmCid,
+    MmCid = abi::MM_CID_OFFSET as u8,
 }
 
 impl Index {
@@ -59,10 +62,7 @@ impl Index {
     /// Byte offset of the field in `struct rseq`.
     #[inline]
     pub const fn field_offset(self) -> usize {
-        match self {
-            Index::CpuId => abi::CPU_ID_OFFSET,
-            Index::MmCid => abi::MM_CID_OFFSET,
-        }
+        self as usize
     }
 
     /// `"cpu_id"` or `"mm_cid"`.

@@ -44,6 +44,7 @@ fn default_process_shares_glibcs_registration() {
     };
     assert_eq!(status.kernel_size, expected);
     assert_eq!(rseq_sys::kernel_size(), expected);
+    assert_best_index_follows_kernel_size();
     // The thread really is registered already: a second registration must be refused.
     let mut foreign = Box::new(Aligned([0u8; 64]));
     // SAFETY: rseq(2) on a live, 64-byte-aligned area this test owns (leaked where the kernel
@@ -66,6 +67,25 @@ fn default_process_shares_glibcs_registration() {
 
 #[repr(C, align(64))]
 struct Aligned([u8; 64]);
+
+/// The index kept with the registration is the one its kernel size calls for, on this thread and
+/// on a new one.
+fn assert_best_index_follows_kernel_size() {
+    let check = || {
+        let current = rseq_sys::current().unwrap();
+        let best = current.best_index();
+        assert_eq!(best, Index::best(current.kernel_size()));
+        let field = rseq_sys::abi::MM_CID_OFFSET as u32 + 4;
+        let expected = if current.kernel_size() >= field {
+            Index::MmCid
+        } else {
+            Index::CpuId
+        };
+        assert_eq!(best, expected, "kernel_size {}", current.kernel_size());
+    };
+    check();
+    std::thread::spawn(check).join().unwrap();
+}
 
 #[test]
 fn a_spawned_thread_has_the_same_registration_kind() {
@@ -224,6 +244,7 @@ fn child_glibc_rseq_disabled() {
     let status = rseq_sys::status();
     assert_eq!(status.owner, Owner::Own, "{status:?}");
     assert_eq!(status.kernel_size, auxv_feature_size());
+    assert_best_index_follows_kernel_size();
     let align = rseq_sys::feature_align() as usize;
     let area = rseq_sys::current().unwrap().area().as_ptr() as usize;
     assert_eq!(

@@ -1,8 +1,9 @@
 //! Per-CPU freelists: [`RawFreeList`] of memory blocks, and the typed [`FreeList`] and [`Pool`].
 //!
 //! # Shape
-//! Each CPU (or mm_cid) has a bounded array stack, tcmalloc-style: `count` and `capacity`
-//! slots on their own cache lines. Push and pop are single rseq sequences
+//! Each CPU (or mm_cid) has a bounded array stack, tcmalloc-style: a count word and `capacity`
+//! slots in that CPU's own region of memory (`caches.rs`; the slab allocator keeps all its
+//! classes' count words side by side there). Push and pop are single rseq sequences
 //! ([`rseq_sys::Sequences::stack_push`] / [`stack_pop`](rseq_sys::Sequences::stack_pop)): a
 //! load, a compare, a store of the item and a commit store of the count, no atomic
 //! read-modify-write and no shared cache line. Arrays rather than intrusive lists because a pop
@@ -36,6 +37,7 @@
 //!
 //! Nothing here calls the global allocator: caches and the global level live in `mmap`ed memory.
 
+pub(crate) mod caches;
 pub(crate) mod global;
 mod typed;
 
@@ -51,7 +53,8 @@ use rseq_sys::{
 
 use crate::counter::RawCounters;
 use crate::mode::{forced_fallback, rseq_path};
-use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
+pub(crate) use caches::CacheArena;
+use caches::Caches;
 pub(crate) use global::MAX_CHAIN;
 use global::{Global, Shards};
 
@@ -89,7 +92,7 @@ impl std::error::Error for FreeListError {}
 /// What lies below a freelist's global level (the slab allocator's spans; nothing for a plain
 /// freelist): where overflow goes once the global level is long enough, and where pops get a
 /// batch when the global level is empty.
-pub(crate) trait Backing {
+pub(crate) trait Backing: Copy {
     /// Whether [`Backing::spill`] takes items; a backing that does not is never asked to.
     const SPILLS: bool;
     /// Whether [`Backing::fill`] can produce items.
@@ -104,6 +107,7 @@ pub(crate) trait Backing {
 }
 
 /// A plain freelist: nothing below the global level.
+#[derive(Clone, Copy)]
 struct Unbacked;
 
 impl Backing for Unbacked {
@@ -126,15 +130,12 @@ impl Backing for Unbacked {
 /// unchanged, exactly once. Ownership of what the address points to is the caller's business
 /// (see [`FreeList`] for a typed, owning layer).
 pub struct RawFreeList {
-    caches: Mapping,
+    caches: Caches,
     /// Possible CPUs: caches exist for indices below this.
     cpus: usize,
     /// Indices below this use their cache: `cpus`, or 0 under `PERCPU_FORCE_FALLBACK=1`.
     rseq_cpus: usize,
     capacity: usize,
-    /// Bytes per cache: `[count, harvested, slots[capacity]]` rounded up to whole cache-line
-    /// pairs.
-    cache_bytes: usize,
     /// Items moved per overflow or refill.
     batch: usize,
     /// The global level, one shard per CPU (up to 16).
@@ -188,15 +189,39 @@ impl RawFreeList {
             return Err(FreeListError::BadCapacity(capacity_per_cpu));
         }
         let cpus = rseq_sys::possible_cpus() as usize;
-        let cache_bytes = round_up((2 + capacity_per_cpu) * 8, CPU_BLOCK_ALIGN);
-        let caches = Mapping::new(cpus * cache_bytes).ok_or(FreeListError::OutOfMemory)?;
+        let caches = Caches::new(cpus, capacity_per_cpu).ok_or(FreeListError::OutOfMemory)?;
+        RawFreeList::with_caches(caches, cpus, capacity_per_cpu)
+    }
+
+    /// A freelist whose caches are list `list` of `arena`, made for possible CPUs with
+    /// `capacity_per_cpu` slots for that list.
+    ///
+    /// # Safety
+    /// The arena outlives the freelist, and no other freelist uses list `list` of it.
+    pub(crate) unsafe fn in_arena(
+        arena: &CacheArena,
+        list: usize,
+        capacity_per_cpu: usize,
+    ) -> Result<RawFreeList, FreeListError> {
+        if !(1..=MAX_CAPACITY_PER_CPU).contains(&capacity_per_cpu) {
+            return Err(FreeListError::BadCapacity(capacity_per_cpu));
+        }
+        // SAFETY: forwarded contract.
+        let caches = unsafe { arena.caches(list) };
+        RawFreeList::with_caches(caches, rseq_sys::possible_cpus() as usize, capacity_per_cpu)
+    }
+
+    fn with_caches(
+        caches: Caches,
+        cpus: usize,
+        capacity_per_cpu: usize,
+    ) -> Result<RawFreeList, FreeListError> {
         let global = Shards::new(cpus).ok_or(FreeListError::OutOfMemory)?;
         Ok(RawFreeList {
             caches,
             cpus,
             rseq_cpus: if forced_fallback() { 0 } else { cpus },
             capacity: capacity_per_cpu,
-            cache_bytes,
             batch: (capacity_per_cpu / 2).clamp(1, MAX_CHAIN),
             global,
             ops: RawCounters::new(),
@@ -209,14 +234,11 @@ impl RawFreeList {
     }
 
     /// `(count, slots)` of cache `id < cpus`: the count word (depth, lock, pops: see
-    /// [`rseq_sys::STACK_LOCKED`]), then `harvested`, then the slots.
+    /// [`rseq_sys::STACK_LOCKED`]) and the slots.
     #[inline(always)]
     fn cache(&self, id: usize) -> (*mut usize, *mut usize) {
         debug_assert!(id < self.cpus);
-        // SAFETY: `id < cpus`, so the cache lies inside the mapping.
-        let count = unsafe { self.caches.as_ptr().add(id * self.cache_bytes) }.cast::<usize>();
-        // SAFETY: the slots follow the count and `harvested` inside the same cache.
-        (count, unsafe { count.add(2) })
+        self.caches.of(id)
     }
 
     /// Harvests the current CPU's cache: cold paths do, so that busy caches stay exact even if
@@ -233,8 +255,9 @@ impl RawFreeList {
     /// Cache `id`'s pops so far, in 64 bits: the count word's 48-bit pop count folded into a
     /// running total, which any thread may advance.
     fn harvest(&self, id: usize) -> u64 {
-        // SAFETY: the word after the count, inside cache `id`; only ever accessed atomically.
-        let harvested = unsafe { AtomicU64::from_ptr(self.cache(id).0.add(1).cast::<u64>()) };
+        debug_assert!(id < self.cpus);
+        // SAFETY: cache `id`'s harvested word, aligned; only ever accessed atomically.
+        let harvested = unsafe { AtomicU64::from_ptr(self.caches.harvested(id)) };
         let mut total = harvested.load(Ordering::Relaxed);
         loop {
             let pops = (self.count(id).load(Ordering::Relaxed) >> STACK_POPS_SHIFT) as u64;
@@ -263,7 +286,7 @@ impl RawFreeList {
     /// Adds `block`. Fails (handing it back) only when no memory can be had for the global level.
     #[inline]
     pub fn push(&self, block: NonNull<u8>) -> Result<(), NonNull<u8>> {
-        self.push_backed(block, &Unbacked)
+        self.push_backed(block, Unbacked)
     }
 
     /// [`Self::push`] over `backing`: overflow goes below the global level once that holds
@@ -272,7 +295,7 @@ impl RawFreeList {
     pub(crate) fn push_backed<B: Backing>(
         &self,
         block: NonNull<u8>,
-        backing: &B,
+        backing: B,
     ) -> Result<(), NonNull<u8>> {
         let item = block.as_ptr() as usize;
         if let Some((seq, index)) = rseq_path() {
@@ -289,9 +312,7 @@ impl RawFreeList {
                     Outcome::Committed(()) => return Ok(()),
                     Outcome::Aborted => continue,
                     Outcome::CompareFailed => {
-                        return self
-                            .push_overflow(seq, index, item, backing)
-                            .map_err(|()| block);
+                        return self.push_overflow(item, backing).map_err(|()| block);
                     }
                 }
             }
@@ -301,7 +322,7 @@ impl RawFreeList {
 
     /// A push past the caches: to the global level, or below it.
     #[cold]
-    fn push_direct<B: Backing>(&self, item: usize, backing: &B) -> Result<(), ()> {
+    fn push_direct<B: Backing>(&self, item: usize, backing: B) -> Result<(), ()> {
         let shard = self.global.local();
         if B::SPILLS && shard.len() >= self.shard_limit(backing) {
             backing.spill(&[item]);
@@ -319,13 +340,11 @@ impl RawFreeList {
     /// global level (or below it), with the destination made certain first so nothing can be
     /// stranded: reserved global slots, or a backing that always takes what it is given.
     #[cold]
-    fn push_overflow<B: Backing>(
-        &self,
-        seq: Sequences,
-        index: Index,
-        item: usize,
-        backing: &B,
-    ) -> Result<(), ()> {
+    fn push_overflow<B: Backing>(&self, item: usize, backing: B) -> Result<(), ()> {
+        // Found again here rather than passed, so the fast path keeps nothing around for it.
+        let Some((seq, index)) = rseq_path() else {
+            return self.push_direct(item, backing);
+        };
         let shard = self.global.shard(self.harvest_current(seq, index));
         let reserved = if B::SPILLS && shard.len() >= self.shard_limit(backing) {
             None
@@ -367,13 +386,13 @@ impl RawFreeList {
     /// are empty (blocks may still sit in other CPUs' caches: see [`Self::drain`]).
     #[inline]
     pub fn pop(&self) -> Option<NonNull<u8>> {
-        self.pop_backed(&Unbacked)
+        self.pop_backed(Unbacked)
     }
 
     /// [`Self::pop`] over `backing`: when the cache and the global level are empty, a batch comes
     /// from [`Backing::fill`].
     #[inline]
-    pub(crate) fn pop_backed<B: Backing>(&self, backing: &B) -> Option<NonNull<u8>> {
+    pub(crate) fn pop_backed<B: Backing>(&self, backing: B) -> Option<NonNull<u8>> {
         if let Some((seq, index)) = rseq_path() {
             loop {
                 let id = seq.current().index(index) as usize;
@@ -385,7 +404,7 @@ impl RawFreeList {
                 match unsafe { seq.stack_pop(index, id as u32, count, slots) } {
                     Outcome::Committed(x) => return NonNull::new(x as *mut u8),
                     Outcome::Aborted => continue,
-                    Outcome::CompareFailed => return self.refill(seq, index, backing),
+                    Outcome::CompareFailed => return self.refill(backing),
                 }
             }
         }
@@ -394,7 +413,7 @@ impl RawFreeList {
 
     /// A pop past the caches: from the global level, or from below it.
     #[cold]
-    fn pop_direct<B: Backing>(&self, backing: &B) -> Option<NonNull<u8>> {
+    fn pop_direct<B: Backing>(&self, backing: B) -> Option<NonNull<u8>> {
         let local = rseq_sys::sched_getcpu().unwrap_or(0) as usize;
         let item = match self.global.from(local).find_map(Global::pop_one) {
             Some(item) => item,
@@ -417,7 +436,11 @@ impl RawFreeList {
     /// keep one item for the caller and cache the rest; what does not fit goes back into the
     /// batch's own global slots, or to the global level or the backing.
     #[cold]
-    fn refill<B: Backing>(&self, seq: Sequences, index: Index, backing: &B) -> Option<NonNull<u8>> {
+    fn refill<B: Backing>(&self, backing: B) -> Option<NonNull<u8>> {
+        // As in `push_overflow`.
+        let Some((seq, index)) = rseq_path() else {
+            return self.pop_direct(backing);
+        };
         let id = self.harvest_current(seq, index);
         let mut batch = [0usize; MAX_CHAIN];
         let taken = self
@@ -466,7 +489,7 @@ impl RawFreeList {
 
     /// Puts fresh items from the backing at the global level, or back into the backing when the
     /// global level has no memory for them.
-    fn park<B: Backing>(&self, backing: &B, items: &[usize]) {
+    fn park<B: Backing>(&self, backing: B, items: &[usize]) {
         let shard = self.global.local();
         for chunk in items.chunks(MAX_CHAIN) {
             if shard.push_items(chunk).is_err() {
@@ -491,7 +514,7 @@ impl RawFreeList {
 
     /// The transfer length one shard may reach before overflow spills to the backing: the
     /// backing's limit shared among the shards.
-    fn shard_limit<B: Backing>(&self, backing: &B) -> usize {
+    fn shard_limit<B: Backing>(&self, backing: B) -> usize {
         (backing.global_limit() / self.global.count()).max(MAX_CHAIN)
     }
 
@@ -672,10 +695,10 @@ mod tests {
                 return; // One shard: nothing to look across.
             }
             for n in 1..=3 {
-                list.push_direct(n * 16, &Unbacked).unwrap();
+                list.push_direct(n * 16, Unbacked).unwrap();
             }
             assert!(pin(1), "CPU 1 exists when there are two shards");
-            let mut got: Vec<usize> = std::iter::from_fn(|| list.pop_direct(&Unbacked))
+            let mut got: Vec<usize> = std::iter::from_fn(|| list.pop_direct(Unbacked))
                 .map(|b| b.as_ptr() as usize / 16)
                 .collect();
             got.sort_unstable();

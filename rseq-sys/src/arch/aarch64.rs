@@ -17,7 +17,9 @@
 //! ```
 //!
 //! The abort handler sits inline after an unconditional branch, so the fast path never executes
-//! the signature word; if anything did, it is a `brk`, a defined trap. Addresses are formed with
+//! the signature word; if anything did, it is a `brk`, a defined trap. Unlike x86_64, the failure
+//! exits cannot move to their own section: a conditional branch reaches only ±1 MiB, and the
+//! linker may place that section further away in a large binary. Addresses are formed with
 //! `adrp` + `:lo12:` so the code is position independent. Loads and stores are plain `ldr`/`str`:
 //! the commit is a single naturally aligned 64-bit store, which is single-copy atomic.
 //!

@@ -5,20 +5,22 @@
 //! ```text
 //!   __rseq_cs:            3: descriptor {0, 0, 4f, 5f - 4f, 6f}  (32-byte aligned)
 //!   __rseq_cs_ptr_array:  &3b                                    (for tools)
-//!   __rseq_failure:       ud1 with the signature as its operand; 6: res = ABORTED; jmp 7f
 //!   text:                 rseq->rseq_cs = &3b
-//!                       4: if *id != expected goto 6b            (migrated: abort)
+//!                       4: if *id != expected goto 6f            (migrated: abort)
 //!                          body ... (a failed compare jumps to 8f, recorded as an exit point)
 //!                          commit store
-//!                       5: res = COMMITTED; jmp 7f
-//!                       8: res = COMPARE_FAILED
+//!                       5: res = COMMITTED
 //!                       7:
+//!   __rseq_failure:       8: res = COMPARE_FAILED; jmp 7b
+//!                          ud1 with the signature as its operand
+//!                       6: res = ABORTED; jmp 7b
 //! ```
 //!
 //! Only numeric local labels are used, so the block can be inlined and duplicated freely; 0 and 1
-//! are avoided because `0b`/`1b` read as binary literals in Intel syntax. The abort handler lives
-//! out of line in `__rseq_failure` so the hot path has no jump over it, and its signature is
-//! encoded as the operand of `ud1`, a defined trap, so stray execution cannot run through it.
+//! are avoided because `0b`/`1b` read as binary literals in Intel syntax. Both failure exits live
+//! out of line in `__rseq_failure`, so a committing sequence runs straight through with no jump
+//! at all. The abort handler's signature is encoded as the operand of `ud1`, a defined trap, so
+//! stray execution cannot run through it.
 //!
 //! Options: the blocks read and write memory the compiler cannot see (the rseq area and the
 //! per-CPU data), so none is `nomem`/`readonly`; they compare, so none preserves flags; they never
@@ -73,25 +75,25 @@ macro_rules! rseq_sequence {
             ".quad 3b\n",
             ".popsection\n",
             $exit,
-            ".pushsection __rseq_failure, \"ax\"\n",
-            ".byte 0x0f, 0xb9, 0x3d\n",
-            ".long ", $sig, "\n",
-            "6:\n",
-            "mov {res:e}, 2\n",
-            "jmp 7f\n",
-            ".popsection\n",
             "lea {tmp}, [rip + 3b]\n",
             "mov qword ptr [{area} + 8], {tmp}\n",
             "4:\n",
             "cmp dword ptr [{id}], {expected:e}\n",
-            "jne 6b\n",
+            "jne 6f\n",
             $($body, "\n",)*
             "5:\n",
             "xor {res:e}, {res:e}\n",
-            "jmp 7f\n",
+            "7:\n",
+            ".pushsection __rseq_failure, \"ax\"\n",
             "8:\n",
             "mov {res:e}, 1\n",
-            "7:\n",
+            "jmp 7b\n",
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long ", $sig, "\n",
+            "6:\n",
+            "mov {res:e}, 2\n",
+            "jmp 7b\n",
+            ".popsection\n",
         )
     };
     // Sequences whose compare can fail: record `8:` as an exit point for debuggers.

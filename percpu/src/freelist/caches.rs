@@ -1,0 +1,161 @@
+//! Where the per-CPU caches of freelists live.
+//!
+//! Each CPU gets one region of `1 << shift` bytes, so finding CPU `id`'s cache is a shift and an
+//! add, with no multiply on the fast path. A region holds the caches of one or more freelists:
+//! first all their count words side by side, then all their harvested words (written by any
+//! thread, so kept off the count words' lines), then each freelist's slots. The slab allocator
+//! puts all its size classes in one arena this way, so a program using many classes keeps their
+//! count words in a few cache lines per CPU instead of one line (and one page) per class.
+
+use core::ptr::NonNull;
+
+use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
+
+/// Alignment of each freelist's slots inside a region: a whole cache line.
+const SLOTS_ALIGN: usize = 64;
+
+/// Per-CPU memory for the caches of `lists` freelists.
+#[derive(Debug)]
+pub(crate) struct CacheArena {
+    mapping: Mapping,
+    shift: u32,
+    lists: usize,
+    /// Byte offset of each freelist's slots inside a region.
+    slots_at: [usize; MAX_LISTS],
+}
+
+/// Most freelists one arena holds.
+pub(crate) const MAX_LISTS: usize = 64;
+
+impl CacheArena {
+    /// Maps regions for `cpus` CPUs holding caches of the given capacities (1 to
+    /// [`MAX_LISTS`] of them); `None` when there are too many or the kernel refuses the memory.
+    /// Pages are touched only as caches fill.
+    pub(crate) fn new(cpus: usize, capacities: &[usize]) -> Option<CacheArena> {
+        let lists = capacities.len();
+        if !(1..=MAX_LISTS).contains(&lists) {
+            return None;
+        }
+        let words = round_up(lists * 8, CPU_BLOCK_ALIGN);
+        let mut slots_at = [0; MAX_LISTS];
+        let mut end = 2 * words;
+        for (at, &capacity) in slots_at.iter_mut().zip(capacities) {
+            *at = end;
+            end = round_up(end + capacity * 8, SLOTS_ALIGN);
+        }
+        // Whole cache-line pairs per CPU, so no two CPUs ever write the same line.
+        let region = round_up(end, CPU_BLOCK_ALIGN).checked_next_power_of_two()?;
+        let shift = region.trailing_zeros();
+        let mapping = Mapping::new(cpus.checked_mul(region)?)?;
+        Some(CacheArena {
+            mapping,
+            shift,
+            lists,
+            slots_at,
+        })
+    }
+
+    /// The caches of freelist `list` (below the number of capacities given to `new`).
+    ///
+    /// # Safety
+    /// `list` is below the number of capacities given to `new` and handed out once, and the
+    /// arena's mapping outlives the returned caches.
+    pub(crate) unsafe fn caches(&self, list: usize) -> Caches {
+        debug_assert!(list < self.lists);
+        let base = self.mapping.as_ptr();
+        let words = round_up(self.lists * 8, CPU_BLOCK_ALIGN);
+        // SAFETY: all three offsets lie inside region 0 of the mapping (see `new`).
+        unsafe {
+            Caches {
+                counts: NonNull::new_unchecked(base.add(list * 8).cast()),
+                harvested: NonNull::new_unchecked(base.add(words + list * 8).cast()),
+                slots: NonNull::new_unchecked(base.add(self.slots_at[list]).cast()),
+                shift: self.shift,
+                _own: None,
+            }
+        }
+    }
+}
+
+/// One freelist's per-CPU caches: CPU `id`'s count word, harvested word and slots lie
+/// `id << shift` bytes past CPU 0's.
+#[derive(Debug)]
+pub(crate) struct Caches {
+    counts: NonNull<usize>,
+    harvested: NonNull<u64>,
+    slots: NonNull<usize>,
+    shift: u32,
+    /// The arena's mapping, when these caches have one to themselves.
+    _own: Option<Mapping>,
+}
+
+// SAFETY: the pointers lead into mapped memory that lives as long as the caches (their own arena,
+// or one the owner keeps alive); the freelist decides how that memory is shared between threads.
+unsafe impl Send for Caches {}
+// SAFETY: as above.
+unsafe impl Sync for Caches {}
+
+impl Caches {
+    /// Caches of `capacity` slots for `cpus` CPUs, in their own arena.
+    pub(crate) fn new(cpus: usize, capacity: usize) -> Option<Caches> {
+        let arena = CacheArena::new(cpus, &[capacity])?;
+        // SAFETY: the arena's mapping moves into the caches, so it lives exactly as long; the
+        // arena has one list, handed out once.
+        let mut caches = unsafe { arena.caches(0) };
+        caches._own = Some(arena.mapping);
+        Some(caches)
+    }
+
+    /// CPU `id`'s count word and slots. `id` must be below the CPUs the arena was made for.
+    #[inline(always)]
+    pub(crate) fn of(&self, id: usize) -> (*mut usize, *mut usize) {
+        let offset = id << self.shift;
+        // SAFETY: region `id` exists (the caller's bound), and both lie inside it.
+        unsafe {
+            (
+                self.counts.as_ptr().byte_add(offset),
+                self.slots.as_ptr().byte_add(offset),
+            )
+        }
+    }
+
+    /// CPU `id`'s harvested word (see `RawFreeList::harvest`).
+    #[inline]
+    pub(crate) fn harvested(&self, id: usize) -> *mut u64 {
+        // SAFETY: as in `of`.
+        unsafe { self.harvested.as_ptr().byte_add(id << self.shift) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_keep_lists_apart_and_cpus_on_separate_lines() {
+        let arena = CacheArena::new(4, &[3, 2048, 1]).unwrap();
+        // SAFETY: the arena outlives the caches; each list once.
+        let lists: Vec<Caches> = (0..3).map(|l| unsafe { arena.caches(l) }).collect();
+        let region = 1usize << arena.shift;
+        assert!(region >= 2 * 128 + 8 * (3 + 2048 + 1));
+        let mut spans = Vec::new();
+        for id in 0..4 {
+            for (l, (caches, capacity)) in lists.iter().zip([3, 2048, 1]).enumerate() {
+                let (count, slots) = caches.of(id);
+                let harvested = caches.harvested(id) as usize;
+                let base = arena.mapping.as_ptr() as usize + id * region;
+                assert_eq!(count as usize, base + 8 * l, "count words side by side");
+                assert!(harvested >= base + 128 && harvested < base + 256);
+                assert_eq!(slots as usize % 64, 0);
+                spans.push((count as usize, count as usize + 8));
+                spans.push((harvested, harvested + 8));
+                spans.push((slots as usize, slots as usize + capacity * 8));
+                assert!(slots as usize + capacity * 8 <= base + region);
+            }
+        }
+        spans.sort_unstable();
+        for pair in spans.windows(2) {
+            assert!(pair[0].1 <= pair[1].0, "overlap: {pair:?}");
+        }
+    }
+}
