@@ -29,3 +29,12 @@ pub use slab::{AllocStats, ClassStats, PerCpuAlloc};
 #[cfg(feature = "global-allocator")]
 #[global_allocator]
 pub static GLOBAL_ALLOCATOR: PerCpuAlloc = PerCpuAlloc::new();
+
+/// The allocator the `global-allocator` feature installed, or `None` without the feature: lets
+/// code (tests, diagnostics) reach its statistics without naming the feature.
+pub fn installed_global_allocator() -> Option<&'static PerCpuAlloc> {
+    #[cfg(feature = "global-allocator")]
+    return Some(&GLOBAL_ALLOCATOR);
+    #[cfg(not(feature = "global-allocator"))]
+    None
+}

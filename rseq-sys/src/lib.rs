@@ -68,3 +68,7 @@ pub use seq::{
 
 #[cfg(all(test, not(rseq_sys_no_sequences)))]
 mod tests;
+// Linked so that `--features percpu/global-allocator` runs the unit tests on `PerCpuAlloc` too
+// (it brings a second copy of this crate, which shares glibc's registration with this one).
+#[cfg(test)]
+extern crate percpu as _;

@@ -5,10 +5,14 @@
 //! Regimes other than the default re-execute this test binary as a child that runs one `#[ignore]`d
 //! test, so they are set before glibc starts, as they would be for a real program.
 
+// Linked so that `--features percpu/global-allocator` puts these tests on `PerCpuAlloc`.
+extern crate percpu as _;
+
 mod common;
 
 use common::{Slots, allowed_cpus, assert_child_passed, run_child, set_affinity};
 use rseq_sys::{Index, Owner, Unavailable, UnregisterError};
+use std::ptr;
 
 fn auxv_feature_size() -> u32 {
     // SAFETY: getauxval has no preconditions.
@@ -67,6 +71,22 @@ fn default_process_shares_glibcs_registration() {
 
 #[repr(C, align(64))]
 struct Aligned([u8; 64]);
+
+/// CI runs these tests again with `--features percpu/global-allocator`; this makes sure that run
+/// really allocates through `PerCpuAlloc` (without the feature there is nothing to check).
+#[test]
+fn allocations_go_through_percpu_when_it_is_installed() {
+    let Some(alloc) = percpu::installed_global_allocator() else {
+        return;
+    };
+    let before = alloc.stats().allocs();
+    let block = std::hint::black_box(vec![7u8; 100]);
+    assert!(
+        alloc.stats().allocs() > before,
+        "not allocated by PerCpuAlloc"
+    );
+    assert_eq!(block.iter().map(|&b| b as usize).sum::<usize>(), 700);
+}
 
 /// The index kept with the registration is the one its kernel size calls for, on this thread and
 /// on a new one.
@@ -320,29 +340,65 @@ fn child_glibc_rseq_disabled() {
     .join()
     .unwrap();
 
-    // Someone else (another library) registered this thread first: we get EINVAL and fall back.
-    std::thread::spawn(|| {
-        let area: &'static mut Aligned = Box::leak(Box::new(Aligned([0u8; 64])));
-        // SAFETY: rseq(2) on a live, 64-byte-aligned area this test owns (leaked where the kernel
-        // keeps using it); the kernel validates the rest.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_rseq,
-                area.0.as_mut_ptr(),
-                32u32,
-                0,
-                rseq_sys::abi::RSEQ_SIG,
-            )
-        };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        let status = rseq_sys::status();
-        assert_eq!(status.owner, Owner::None);
-        assert_eq!(status.reason, Some(Unavailable::Errno(libc::EINVAL)));
-        assert_eq!(rseq_sys::kernel_size(), 0);
-        assert!(rseq_sys::current_cpu().is_some(), "sched_getcpu fallback");
-    })
-    .join()
-    .unwrap();
+    // Someone else (another library) registered a thread first: we get EINVAL and fall back.
+    // A bare pthread, because nothing may allocate on it before the foreign registration: std's
+    // thread start does, and an rseq-based global allocator would register the thread itself.
+    let mut foreign = Foreign {
+        area: Box::leak(Box::new(Aligned([0u8; 64]))).0.as_mut_ptr(),
+        rc: -1,
+        error: None,
+        status: None,
+        cpu: None,
+    };
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: `foreign` outlives the thread (joined below) and is touched only by it meanwhile.
+    unsafe {
+        let arg = (&raw mut foreign).cast();
+        assert_eq!(
+            libc::pthread_create(&mut thread, ptr::null(), foreign_first, arg),
+            0
+        );
+        assert_eq!(libc::pthread_join(thread, ptr::null_mut()), 0);
+    }
+    assert_eq!(foreign.rc, 0, "{:?}", foreign.error);
+    let status = foreign.status.unwrap();
+    assert_eq!(status.owner, Owner::None);
+    assert_eq!(status.reason, Some(Unavailable::Errno(libc::EINVAL)));
+    assert_eq!(status.kernel_size, 0);
+    assert!(foreign.cpu.is_some(), "sched_getcpu fallback");
+}
+
+/// What a thread registered by "another library" saw (see `foreign_first`).
+struct Foreign {
+    area: *mut u8,
+    rc: libc::c_long,
+    error: Option<std::io::Error>,
+    status: Option<rseq_sys::Status>,
+    cpu: Option<u32>,
+}
+
+/// Registers `area` with rseq(2) before anything else runs on this thread, then records what
+/// rseq-sys makes of the thread.
+extern "C" fn foreign_first(arg: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: `arg` is the `Foreign` the creating thread lent us until it joins.
+    let foreign = unsafe { &mut *arg.cast::<Foreign>() };
+    // SAFETY: rseq(2) on a live (leaked), 64-byte-aligned area this test owns; the kernel
+    // validates the rest.
+    foreign.rc = unsafe {
+        libc::syscall(
+            libc::SYS_rseq,
+            foreign.area,
+            32u32,
+            0,
+            rseq_sys::abi::RSEQ_SIG,
+        )
+    };
+    if foreign.rc != 0 {
+        foreign.error = Some(std::io::Error::last_os_error());
+    }
+    foreign.status = Some(rseq_sys::status());
+    foreign.cpu = rseq_sys::current_cpu();
+    ptr::null_mut()
 }
 
 // ---- rseq blocked by seccomp ----

@@ -1,6 +1,9 @@
 //! Exactness under stress: many more threads than CPUs doing per-CPU adds while they yield,
 //! migrate and are hit by a storm of signals. Any lost or doubled commit changes the total.
 
+// Linked so that `--features percpu/global-allocator` puts these tests on `PerCpuAlloc`.
+extern crate percpu as _;
+
 mod common;
 
 use common::{Rng, SignalStorm, Slots, allowed_cpus, scaled, set_affinity, stress_threads};
