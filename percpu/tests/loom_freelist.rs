@@ -7,6 +7,11 @@
 //!    as holding its CPU's try-lock (an abort is the try-lock failing), the fence as waiting out
 //!    every holder, and the drain as lock bit, fence, re-check. Without the fence and re-check
 //!    loom must find a lost or duplicated item.
+//! 3. The caches of threads without rseq (`push_direct`/`pop_direct` in `freelist/mod.rs`): a
+//!    try-lock in the count word (compare-exchange with Acquire, unlocked by the Release store
+//!    of the new count), a thread finding it held going to the global level, and a drain that
+//!    waits for the lock. The slots are plain memory (loom cells), so loom checks that the lock
+//!    orders every access to them; with a Relaxed lock it must report the race.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -277,4 +282,135 @@ fn drain_with_fence_and_recheck_keeps_every_item_once() {
 #[should_panic]
 fn drain_without_fence_would_lose_or_duplicate_items() {
     drain_scenario(false);
+}
+
+// ---- 3. Locked caches of threads without rseq ----
+
+struct Locked {
+    /// Depth, with `LOCKED` while a thread holds the cache.
+    count: AtomicUsize,
+    slots: [loom::cell::UnsafeCell<usize>; CAP],
+    global: Mutex<Vec<usize>>,
+    /// Acquire in the real protocol; Relaxed to show loom finds the race.
+    lock_order: Ordering,
+}
+
+impl Locked {
+    fn new(lock_order: Ordering, cached: &[usize]) -> Arc<Locked> {
+        let slots = [
+            loom::cell::UnsafeCell::new(cached.first().copied().unwrap_or(0)),
+            loom::cell::UnsafeCell::new(cached.get(1).copied().unwrap_or(0)),
+        ];
+        Arc::new(Locked {
+            count: AtomicUsize::new(cached.len()),
+            slots,
+            global: Mutex::new(Vec::new()),
+            lock_order,
+        })
+    }
+
+    /// The depth, with the lock now ours; `None` if someone holds it.
+    fn try_lock(&self) -> Option<usize> {
+        let word = self.count.load(Ordering::Relaxed);
+        if word & LOCKED != 0 {
+            return None;
+        }
+        self.count
+            .compare_exchange(word, word | LOCKED, self.lock_order, Ordering::Relaxed)
+            .ok()
+            .map(|_| word)
+    }
+
+    fn unlock(&self, depth: usize) {
+        self.count.store(depth, Ordering::Release);
+    }
+
+    fn push(&self, x: usize) {
+        match self.try_lock() {
+            Some(n) if n < CAP => {
+                // SAFETY: slot `n` is ours while we hold the lock.
+                self.slots[n].with_mut(|slot| unsafe { *slot = x });
+                self.unlock(n + 1);
+            }
+            Some(n) => {
+                self.unlock(n);
+                self.global.lock().unwrap().push(x);
+            }
+            None => self.global.lock().unwrap().push(x),
+        }
+    }
+
+    fn pop(&self) -> Option<usize> {
+        match self.try_lock() {
+            Some(n) if n > 0 => {
+                // SAFETY: slot `n - 1` is ours while we hold the lock.
+                let x = self.slots[n - 1].with(|slot| unsafe { *slot });
+                self.unlock(n - 1);
+                Some(x)
+            }
+            Some(n) => {
+                self.unlock(n);
+                self.global.lock().unwrap().pop()
+            }
+            None => self.global.lock().unwrap().pop(),
+        }
+    }
+
+    fn drain(&self) {
+        let n = loop {
+            if let Some(n) = self.try_lock() {
+                break n;
+            }
+            thread::yield_now();
+        };
+        let mut global = self.global.lock().unwrap();
+        for slot in &self.slots[..n] {
+            // SAFETY: the cache is ours while we hold the lock.
+            global.push(slot.with(|slot| unsafe { *slot }));
+        }
+        drop(global);
+        self.unlock(0);
+    }
+}
+
+/// A pusher, a popper and a drainer on one locked cache: every item ends up exactly once.
+fn locked_scenario(lock_order: Ordering) {
+    bounded().check(move || {
+        let m = Locked::new(lock_order, &[1]);
+        let pusher = {
+            let m = m.clone();
+            thread::spawn(move || m.push(2))
+        };
+        let popper = {
+            let m = m.clone();
+            thread::spawn(move || m.pop())
+        };
+        let drainer = {
+            let m = m.clone();
+            thread::spawn(move || m.drain())
+        };
+        pusher.join().unwrap();
+        drainer.join().unwrap();
+        let mut all: Vec<usize> = popper.join().unwrap().into_iter().collect();
+        let n = m.count.load(Ordering::Acquire);
+        assert_eq!(n & LOCKED, 0, "left locked");
+        for slot in &m.slots[..n] {
+            // SAFETY: every thread has finished.
+            all.push(slot.with(|slot| unsafe { *slot }));
+        }
+        all.extend(m.global.lock().unwrap().iter().copied());
+        all.sort_unstable();
+        assert_eq!(all, [1, 2], "each item exactly once");
+    });
+}
+
+#[test]
+fn locked_caches_keep_every_item_once() {
+    locked_scenario(Ordering::Acquire);
+}
+
+#[test]
+#[should_panic]
+fn a_relaxed_lock_would_race_on_the_slots() {
+    locked_scenario(Ordering::Relaxed);
 }

@@ -8,8 +8,15 @@
 //! count words in a few cache lines per CPU instead of one line (and one page) per class.
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use rseq_sys::{STACK_DEPTH_MASK, STACK_POPS_SHIFT};
 
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
+
+/// Bits of pop count a count word holds: harvest at least this often per CPU.
+const POPS_BITS: u32 = usize::BITS - STACK_POPS_SHIFT;
+pub(crate) const POPS_MASK: u64 = (1 << POPS_BITS) - 1;
 
 /// Alignment of each freelist's slots inside a region: a whole cache line.
 const SLOTS_ALIGN: usize = 64;
@@ -119,11 +126,42 @@ impl Caches {
         }
     }
 
-    /// CPU `id`'s harvested word (see `RawFreeList::harvest`).
+    /// CPU `id`'s count word (depth, lock, pops: see [`rseq_sys::STACK_LOCKED`]).
     #[inline]
-    pub(crate) fn harvested(&self, id: usize) -> *mut u64 {
-        // SAFETY: as in `of`.
-        unsafe { self.harvested.as_ptr().byte_add(id << self.shift) }
+    pub(crate) fn count(&self, id: usize) -> &AtomicUsize {
+        // SAFETY: an aligned usize inside region `id`; other threads write it only with single
+        // aligned stores (commits) or atomics, so atomic access is sound.
+        unsafe { AtomicUsize::from_ptr(self.of(id).0) }
+    }
+
+    /// CPU `id`'s depth, from its count word (at most `capacity`).
+    pub(crate) fn depth(&self, id: usize, capacity: usize) -> usize {
+        (self.count(id).load(Ordering::Relaxed) & STACK_DEPTH_MASK).min(capacity)
+    }
+
+    /// CPU `id`'s pops so far, in 64 bits: the count word's 48-bit pop count folded into a
+    /// running total (the harvested word), which any thread may advance.
+    pub(crate) fn harvest(&self, id: usize) -> u64 {
+        // SAFETY: region `id`'s harvested word, aligned; only ever accessed atomically.
+        let harvested =
+            unsafe { AtomicU64::from_ptr(self.harvested.as_ptr().byte_add(id << self.shift)) };
+        let mut total = harvested.load(Ordering::Relaxed);
+        loop {
+            let pops = (self.count(id).load(Ordering::Relaxed) >> STACK_POPS_SHIFT) as u64;
+            let delta = pops.wrapping_sub(total) & POPS_MASK;
+            if delta == 0 {
+                return total;
+            }
+            match harvested.compare_exchange_weak(
+                total,
+                total + delta,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return total + delta,
+                Err(now) => total = now,
+            }
+        }
     }
 }
 
@@ -142,7 +180,7 @@ mod tests {
         for id in 0..4 {
             for (l, (caches, capacity)) in lists.iter().zip([3, 2048, 1]).enumerate() {
                 let (count, slots) = caches.of(id);
-                let harvested = caches.harvested(id) as usize;
+                let harvested = caches.harvested.as_ptr() as usize + (id << arena.shift);
                 let base = arena.mapping.as_ptr() as usize + id * region;
                 assert_eq!(count as usize, base + 8 * l, "count words side by side");
                 assert!(harvested >= base + 128 && harvested < base + 256);

@@ -353,9 +353,9 @@ impl Drop for Global {
 pub(crate) const MAX_SHARDS: usize = 16;
 
 /// The global level split into shards, one per CPU up to [`MAX_SHARDS`]: threads push to and pop
-/// from their own CPU's shard, so threads without rseq (which reach the global level on every
-/// operation) do not all contend on one stack head, and pops look at the other shards before
-/// reporting empty.
+/// from their own CPU's shard, so threads without rseq (which reach the global level whenever
+/// their CPU's locked cache is busy) do not all contend on one stack head, and pops look at the
+/// other shards before reporting empty.
 pub(crate) struct Shards {
     shards: [Option<Global>; MAX_SHARDS],
     count: usize,

@@ -21,11 +21,15 @@
 //! [`RawFreeList::stats`] is exact without adding a single instruction to push or pop.
 //!
 //! # Without rseq
-//! Threads without rseq (or all threads under `PERCPU_FORCE_FALLBACK=1`) push and pop at the
-//! global level directly, on the shard of the CPU `sched_getcpu()` reports, so they contend
-//! only with threads on the same CPU. They never write a per-CPU cache: a cache's commits are
-//! plain stores, which an atomic write from another CPU could be lost under. Threads of both
-//! kinds can share one freelist.
+//! Threads without rseq (or all threads under `PERCPU_FORCE_FALLBACK=1`) never write an rseq
+//! cache: its commits are plain stores, which an atomic write from another CPU could be lost
+//! under. They have caches of their own instead, the same array stacks found by the CPU
+//! `sched_getcpu()` reports, each behind a try-lock in its count word: a compare-exchange takes
+//! it, the store of the new count releases it. A thread that finds its CPU's cache held (by a
+//! thread preempted inside, or one that migrated) goes to the global level (its CPU's shard)
+//! instead of waiting, so no thread ever waits for another. A push and pop pair costs two
+//! compare-exchanges, about 1.5× glibc's malloc and free. Threads of both kinds can share one
+//! freelist.
 //!
 //! # Draining
 //! Items parked in one CPU's cache are invisible to pops on other CPUs until
@@ -33,7 +37,9 @@
 //! the top bit of its count ([`rseq_sys::STACK_LOCKED`]: sequences then read the cache as full
 //! and empty), fences every CPU ([`rseq_sys::fence_all_cpus`]: membarrier, or visiting each CPU)
 //! so no sequence that read the old count can still commit, re-locks any cache a commit slipped
-//! past the lock, and then owns the caches until it stores their new counts.
+//! past the lock, and then owns the caches until it stores their new counts. It takes the
+//! try-locks of the caches without rseq as their threads do, waiting for a holder (up to
+//! 100 ms: a holder only `fork` left behind never lets go).
 //!
 //! Nothing here calls the global allocator: caches and the global level live in `mmap`ed memory.
 
@@ -45,7 +51,8 @@ pub use typed::{FreeList, Pool, Pooled};
 
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use core::time::Duration;
 
 use rseq_sys::{
     FenceMethod, Index, Outcome, STACK_DEPTH_MASK, STACK_LOCKED, STACK_POPS_SHIFT, Sequences,
@@ -57,6 +64,9 @@ pub(crate) use caches::CacheArena;
 use caches::Caches;
 pub(crate) use global::MAX_CHAIN;
 use global::{Global, Shards};
+
+/// How long a drain waits for one locked cache before leaving it as it is.
+const DRAIN_PATIENCE: Duration = Duration::from_millis(100);
 
 /// Per-CPU capacity when none is given.
 pub const DEFAULT_CAPACITY_PER_CPU: usize = 64;
@@ -72,6 +82,10 @@ pub enum FreeListError {
     OutOfMemory,
     /// Draining could not fence other CPUs; the caches were left as they were.
     Fence(rseq_sys::FenceError),
+    /// Draining found a cache of threads without rseq locked for longer than it waits (held by
+    /// a thread that `fork` did not copy into this process, or one preempted for that long);
+    /// that cache was left as it was, everything else was drained.
+    CacheBusy,
 }
 
 impl fmt::Display for FreeListError {
@@ -83,6 +97,9 @@ impl fmt::Display for FreeListError {
             ),
             FreeListError::OutOfMemory => f.write_str("out of memory for freelist storage"),
             FreeListError::Fence(e) => write!(f, "drain failed: {e}"),
+            FreeListError::CacheBusy => {
+                f.write_str("drain left a cache that another thread kept locked")
+            }
         }
     }
 }
@@ -130,7 +147,11 @@ impl Backing for Unbacked {
 /// unchanged, exactly once. Ownership of what the address points to is the caller's business
 /// (see [`FreeList`] for a typed, owning layer).
 pub struct RawFreeList {
+    /// The rseq caches: written only by sequences on their CPU (and by drains that locked them).
     caches: Caches,
+    /// Caches of the same shape for threads without rseq, each behind a try-lock (its count
+    /// word's lock bit): see `push_direct`.
+    locked: Caches,
     /// Possible CPUs: caches exist for indices below this.
     cpus: usize,
     /// Indices below this use their cache: `cpus`, or 0 under `PERCPU_FORCE_FALLBACK=1`.
@@ -151,10 +172,6 @@ const OVERFLOW_POPS: usize = 2; // cache pops that moved items down, not to a ca
 const REFILL_PUSHES: usize = 3; // cache pushes that moved items up, not from a caller
 const DRAINED: usize = 4; // items a drain took out of caches
 const OP_COUNTERS: usize = 5;
-
-/// Bits of pop count a count word holds: harvest at least this often per CPU.
-const POPS_BITS: u32 = usize::BITS - STACK_POPS_SHIFT;
-const POPS_MASK: u64 = (1 << POPS_BITS) - 1;
 
 /// Pushes and pops of a [`RawFreeList`], and where its items are.
 ///
@@ -190,16 +207,18 @@ impl RawFreeList {
         }
         let cpus = rseq_sys::possible_cpus() as usize;
         let caches = Caches::new(cpus, capacity_per_cpu).ok_or(FreeListError::OutOfMemory)?;
-        RawFreeList::with_caches(caches, cpus, capacity_per_cpu)
+        let locked = Caches::new(cpus, capacity_per_cpu).ok_or(FreeListError::OutOfMemory)?;
+        RawFreeList::with_caches(caches, locked, cpus, capacity_per_cpu)
     }
 
-    /// A freelist whose caches are list `list` of `arena`, made for possible CPUs with
-    /// `capacity_per_cpu` slots for that list.
+    /// A freelist whose caches are list `list` of `arena` (rseq) and of `locked` (threads
+    /// without rseq), both made for possible CPUs with `capacity_per_cpu` slots for that list.
     ///
     /// # Safety
-    /// The arena outlives the freelist, and no other freelist uses list `list` of it.
+    /// The arenas outlive the freelist, and no other freelist uses list `list` of them.
     pub(crate) unsafe fn in_arena(
         arena: &CacheArena,
+        locked: &CacheArena,
         list: usize,
         capacity_per_cpu: usize,
     ) -> Result<RawFreeList, FreeListError> {
@@ -207,18 +226,21 @@ impl RawFreeList {
             return Err(FreeListError::BadCapacity(capacity_per_cpu));
         }
         // SAFETY: forwarded contract.
-        let caches = unsafe { arena.caches(list) };
-        RawFreeList::with_caches(caches, rseq_sys::possible_cpus() as usize, capacity_per_cpu)
+        let (caches, locked) = unsafe { (arena.caches(list), locked.caches(list)) };
+        let cpus = rseq_sys::possible_cpus() as usize;
+        RawFreeList::with_caches(caches, locked, cpus, capacity_per_cpu)
     }
 
     fn with_caches(
         caches: Caches,
+        locked: Caches,
         cpus: usize,
         capacity_per_cpu: usize,
     ) -> Result<RawFreeList, FreeListError> {
         let global = Shards::new(cpus).ok_or(FreeListError::OutOfMemory)?;
         Ok(RawFreeList {
             caches,
+            locked,
             cpus,
             rseq_cpus: if forced_fallback() { 0 } else { cpus },
             capacity: capacity_per_cpu,
@@ -247,40 +269,9 @@ impl RawFreeList {
     fn harvest_current(&self, seq: Sequences, index: Index) -> usize {
         let id = seq.current().index(index) as usize;
         if id < self.cpus {
-            self.harvest(id);
+            self.caches.harvest(id);
         }
         id
-    }
-
-    /// Cache `id`'s pops so far, in 64 bits: the count word's 48-bit pop count folded into a
-    /// running total, which any thread may advance.
-    fn harvest(&self, id: usize) -> u64 {
-        debug_assert!(id < self.cpus);
-        // SAFETY: cache `id`'s harvested word, aligned; only ever accessed atomically.
-        let harvested = unsafe { AtomicU64::from_ptr(self.caches.harvested(id)) };
-        let mut total = harvested.load(Ordering::Relaxed);
-        loop {
-            let pops = (self.count(id).load(Ordering::Relaxed) >> STACK_POPS_SHIFT) as u64;
-            let delta = pops.wrapping_sub(total) & POPS_MASK;
-            if delta == 0 {
-                return total;
-            }
-            match harvested.compare_exchange_weak(
-                total,
-                total + delta,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return total + delta,
-                Err(now) => total = now,
-            }
-        }
-    }
-
-    fn count(&self, id: usize) -> &AtomicUsize {
-        // SAFETY: the count is an aligned usize inside the mapping; other threads write it only
-        // with single aligned stores (commits), so atomic access is sound.
-        unsafe { AtomicUsize::from_ptr(self.cache(id).0) }
     }
 
     /// Adds `block`. Fails (handing it back) only when no memory can be had for the global level.
@@ -320,9 +311,82 @@ impl RawFreeList {
         self.push_direct(item, backing).map_err(|()| block)
     }
 
-    /// A push past the caches: to the global level, or below it.
-    #[cold]
+    /// A push without rseq: into this CPU's locked cache when its try-lock is free, else (or
+    /// when that cache has no room and the global level no memory) past it.
+    ///
+    /// Threads without rseq must not write the rseq caches, and the global level costs several
+    /// compare-exchanges an item, so they have caches of their own: the same array stacks,
+    /// found by `sched_getcpu()`, each locked by setting its count word's lock bit with a
+    /// compare-exchange and unlocked by the store that commits the new count. A thread that finds
+    /// the lock taken (its holder was preempted, or migrated here) goes past the cache instead of
+    /// waiting, so nobody ever waits for another thread: still lock-free. Only drains wait.
+    #[inline(never)]
     fn push_direct<B: Backing>(&self, item: usize, backing: B) -> Result<(), ()> {
+        let id = self.fallback_id();
+        let Some(word) = self.try_lock(id) else {
+            return self.push_shared(item, backing);
+        };
+        let depth = word & STACK_DEPTH_MASK;
+        if depth < self.capacity {
+            let (count, slots) = self.locked.of(id);
+            // SAFETY: `depth < capacity`: a slot of cache `id`, ours while we hold its lock.
+            unsafe { slots.add(depth).write(item) };
+            // Unlocks: the count and the slot become visible together to the next holder.
+            // SAFETY: the count word, only ever accessed atomically.
+            unsafe { AtomicUsize::from_ptr(count) }
+                .store(word - STACK_LOCKED + 1, Ordering::Release);
+            return Ok(());
+        }
+        self.locked_overflow(id, word, item, backing)
+    }
+
+    /// Locked cache `id` is full: move a batch from it to the global level (or below), then push
+    /// `item`, with the destination made certain first as in `push_overflow`. Unlocks.
+    #[cold]
+    fn locked_overflow<B: Backing>(
+        &self,
+        id: usize,
+        word: usize,
+        item: usize,
+        backing: B,
+    ) -> Result<(), ()> {
+        self.locked.harvest(id);
+        let count = self.locked.count(id);
+        let shard = self.global.shard(id);
+        let n = self.batch.min(self.capacity);
+        let reserved = if B::SPILLS && shard.len() >= self.shard_limit(backing) {
+            None
+        } else {
+            shard.reserve(n)
+        };
+        if reserved.is_none() && !B::SPILLS {
+            count.store(word - STACK_LOCKED, Ordering::Release);
+            return Err(());
+        }
+        let depth = word & STACK_DEPTH_MASK;
+        let slots = self.locked.of(id).1;
+        let mut batch = [0usize; MAX_CHAIN];
+        for (i, out) in batch[..n].iter_mut().enumerate() {
+            // SAFETY: below the depth, inside cache `id`, which we hold.
+            *out = unsafe { slots.add(depth - n + i).read() };
+        }
+        // SAFETY: `depth - n < capacity`, as above.
+        unsafe { slots.add(depth - n).write(item) };
+        // The batch leaves as pops (then uncounted by OVERFLOW_POPS, as for the rseq caches);
+        // `item` arrives as one push. The pop count wraps, as the sequences' does.
+        let word = (word - STACK_LOCKED - n + 1).wrapping_add(n << STACK_POPS_SHIFT);
+        count.store(word, Ordering::Release);
+        match reserved {
+            Some(reserved) => shard.fill_reserved(reserved, &batch[..n]),
+            None => backing.spill(&batch[..n]),
+        }
+        self.ops.add(OVERFLOW_POPS, n as i64);
+        Ok(())
+    }
+
+    /// A push past every cache: to the global level, or below it.
+    #[cold]
+    fn push_shared<B: Backing>(&self, item: usize, backing: B) -> Result<(), ()> {
         let shard = self.global.local();
         if B::SPILLS && shard.len() >= self.shard_limit(backing) {
             backing.spill(&[item]);
@@ -334,6 +398,73 @@ impl RawFreeList {
         }
         self.ops.add(DIRECT_PUSHES, 1);
         Ok(())
+    }
+
+    /// The locked cache a thread without rseq uses: its CPU's.
+    #[inline]
+    fn fallback_id(&self) -> usize {
+        let cpu = rseq_sys::sched_getcpu().unwrap_or(0) as usize;
+        // Always below the possible CPUs in practice: no division on the way.
+        if cpu < self.cpus {
+            cpu
+        } else {
+            cpu % self.cpus
+        }
+    }
+
+    /// Takes locked cache `id`'s lock if it is free: the count word as it now stands (locked).
+    #[inline]
+    fn try_lock(&self, id: usize) -> Option<usize> {
+        let count = self.locked.count(id);
+        let word = count.load(Ordering::Relaxed);
+        if word & STACK_LOCKED != 0 {
+            return None;
+        }
+        count
+            .compare_exchange(
+                word,
+                word | STACK_LOCKED,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .ok()
+            .map(|_| word | STACK_LOCKED)
+    }
+
+    /// Takes locked cache `id`'s lock, yielding to its holder for up to `patience` (for ever
+    /// with `None`): the word, locked, or `None` if it stayed held.
+    fn lock_within(&self, id: usize, patience: Option<Duration>) -> Option<usize> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(word) = self.try_lock(id) {
+                return Some(word);
+            }
+            if patience.is_some_and(|patience| start.elapsed() >= patience) {
+                return None;
+            }
+            // The holder never waits while holding it, but it may be preempted.
+            std::thread::yield_now();
+        }
+    }
+
+    /// Takes every locked cache's lock, waiting for the holders: for `fork`, so that a child
+    /// never starts with a lock whose holder it does not have.
+    pub(crate) fn lock_fallback_caches(&self) {
+        for id in 0..self.cpus {
+            let _ = self.lock_within(id, None);
+        }
+    }
+
+    /// Releases what [`Self::lock_fallback_caches`] took.
+    ///
+    /// # Safety
+    /// Only after `lock_fallback_caches`, once, in the parent or the child of the fork.
+    pub(crate) unsafe fn unlock_fallback_caches(&self) {
+        for id in 0..self.cpus {
+            self.locked
+                .count(id)
+                .fetch_and(!STACK_LOCKED, Ordering::Release);
+        }
     }
 
     /// The cache is full (or locked by a drain): move `item` and a batch from the cache to the
@@ -411,9 +542,71 @@ impl RawFreeList {
         self.pop_direct(backing)
     }
 
-    /// A pop past the caches: from the global level, or from below it.
-    #[cold]
+    /// A pop without rseq: from this CPU's locked cache when its try-lock is free (see
+    /// `push_direct`), else past it.
+    #[inline(never)]
     fn pop_direct<B: Backing>(&self, backing: B) -> Option<NonNull<u8>> {
+        let id = self.fallback_id();
+        let Some(word) = self.try_lock(id) else {
+            return self.pop_shared(backing);
+        };
+        let depth = word & STACK_DEPTH_MASK;
+        if depth == 0 {
+            return self.locked_refill(id, word, backing);
+        }
+        let (count, slots) = self.locked.of(id);
+        // SAFETY: `0 < depth <= capacity`: a slot of cache `id`, ours while we hold its lock.
+        let item = unsafe { slots.add(depth - 1).read() };
+        // Unlocks, takes one from the depth and counts the pop, as the pop sequence does.
+        let word = (word - STACK_LOCKED - 1).wrapping_add(1 << STACK_POPS_SHIFT);
+        // SAFETY: the count word, only ever accessed atomically.
+        unsafe { AtomicUsize::from_ptr(count) }.store(word, Ordering::Release);
+        NonNull::new(item as *mut u8)
+    }
+
+    /// Locked cache `id` is empty: take a batch (from the global level, else from below it),
+    /// keep one item for the caller and cache the rest (what does not fit goes back). Unlocks.
+    #[cold]
+    fn locked_refill<B: Backing>(&self, id: usize, word: usize, backing: B) -> Option<NonNull<u8>> {
+        self.locked.harvest(id);
+        let count = self.locked.count(id);
+        let mut batch = [0usize; MAX_CHAIN];
+        let taken = self
+            .global
+            .from(id)
+            .find_map(|shard| Some((shard, shard.take_batch(&mut batch)?)));
+        let (n, slots) = match taken {
+            Some((shard, (n, slots))) => (n, Some((shard, slots))),
+            None if B::FILLS => match backing.fill(&mut batch[..self.batch]) {
+                0 => (0, None),
+                n => (n, None),
+            },
+            None => (0, None),
+        };
+        if n == 0 {
+            count.store(word - STACK_LOCKED, Ordering::Release);
+            return None;
+        }
+        // batch[0] is the caller's; batch[1..kept] go into the empty cache.
+        let kept = n.min(self.capacity + 1);
+        let cache = self.locked.of(id).1;
+        for (i, &item) in batch[1..kept].iter().enumerate() {
+            // SAFETY: `i < kept - 1 <= capacity`: a slot of cache `id`, which we hold.
+            unsafe { cache.add(i).write(item) };
+        }
+        count.store(word - STACK_LOCKED + (kept - 1), Ordering::Release);
+        match slots {
+            Some((shard, slots)) => shard.fill_reserved(slots, &batch[kept..n]),
+            None => self.park(backing, &batch[kept..n]),
+        }
+        self.ops.add(DIRECT_POPS, 1);
+        self.ops.add(REFILL_PUSHES, (kept - 1) as i64);
+        NonNull::new(batch[0] as *mut u8)
+    }
+
+    /// A pop past every cache: from the global level, or from below it.
+    #[cold]
+    fn pop_shared<B: Backing>(&self, backing: B) -> Option<NonNull<u8>> {
         let local = rseq_sys::sched_getcpu().unwrap_or(0) as usize;
         let item = match self.global.from(local).find_map(Global::pop_one) {
             Some(item) => item,
@@ -518,11 +711,6 @@ impl RawFreeList {
         (backing.global_limit() / self.global.count()).max(MAX_CHAIN)
     }
 
-    /// Cache `id`'s depth.
-    fn depth(&self, id: usize) -> usize {
-        (self.count(id).load(Ordering::Relaxed) & STACK_DEPTH_MASK).min(self.capacity)
-    }
-
     /// Pushes and pops so far, and where the items are. Allocates nothing.
     ///
     /// Pops are counted in each cache's count word by the pop sequence itself, 48 bits wide;
@@ -531,9 +719,11 @@ impl RawFreeList {
     /// freelist (about 9 days of nothing else at 3 ns a pop).
     pub fn stats(&self) -> FreeListStats {
         let (mut cache_pops, mut depths) = (0u64, 0u64);
-        for id in 0..self.cpus {
-            cache_pops += self.harvest(id);
-            depths += self.depth(id) as u64;
+        for caches in [&self.caches, &self.locked] {
+            for id in 0..self.cpus {
+                cache_pops += caches.harvest(id);
+                depths += caches.depth(id, self.capacity) as u64;
+            }
         }
         let ops = self.ops.sums().map(|n| n as u64);
         // Every item a cache ever got is still there, was popped, or was drained.
@@ -560,15 +750,16 @@ impl RawFreeList {
     /// Safe while other threads push and pop: they overflow and refill through the global level
     /// while the caches are locked.
     pub fn drain(&self) -> Result<FenceMethod, FreeListError> {
+        let count = |id| self.caches.count(id);
         for id in 0..self.cpus {
-            self.count(id).fetch_or(STACK_LOCKED, Ordering::AcqRel);
+            count(id).fetch_or(STACK_LOCKED, Ordering::AcqRel);
         }
         let method = loop {
             let method = match rseq_sys::fence_all_cpus() {
                 Ok(method) => method,
                 Err(e) => {
                     for id in 0..self.cpus {
-                        self.count(id).fetch_and(!STACK_LOCKED, Ordering::AcqRel);
+                        count(id).fetch_and(!STACK_LOCKED, Ordering::AcqRel);
                     }
                     return Err(FreeListError::Fence(e));
                 }
@@ -577,8 +768,8 @@ impl RawFreeList {
             // the fence: lock again and fence again until every lock held through a fence.
             let mut all_held = true;
             for id in 0..self.cpus {
-                if self.count(id).load(Ordering::Acquire) & STACK_LOCKED == 0 {
-                    self.count(id).fetch_or(STACK_LOCKED, Ordering::AcqRel);
+                if count(id).load(Ordering::Acquire) & STACK_LOCKED == 0 {
+                    count(id).fetch_or(STACK_LOCKED, Ordering::AcqRel);
                     all_held = false;
                 }
             }
@@ -589,46 +780,70 @@ impl RawFreeList {
         let mut result = Ok(method);
         for id in 0..self.cpus {
             // Ours now: every sequence fails on the locked count until the store below.
-            let word = self.count(id).load(Ordering::Acquire);
-            let depth = (word & STACK_DEPTH_MASK).min(self.capacity);
-            let mut n = depth;
-            let slots = self.cache(id).1;
-            while n > 0 && result.is_ok() {
-                let take = n.min(MAX_CHAIN);
-                // SAFETY: the cache is locked, so slots[..n] are stable and ours to read.
-                let items = unsafe { core::slice::from_raw_parts(slots.add(n - take), take) };
-                match self.global.shard(id).push_items(items) {
-                    Ok(()) => n -= take,
-                    Err(()) => result = Err(FreeListError::OutOfMemory),
-                }
+            let word = count(id).load(Ordering::Acquire);
+            if let Err(e) = self.drain_cache(&self.caches, id, word) {
+                result = Err(e);
             }
-            // Keep the pop count; unlock with what is left.
-            self.count(id).store(
-                word & !(STACK_DEPTH_MASK | STACK_LOCKED) | n,
-                Ordering::Release,
-            );
-            self.ops.add(DRAINED, (depth - n) as i64);
         }
+        // The locked caches: their holders never wait, so waiting for each lock is short, unless
+        // the holder does not exist (a lock copied held into a `fork` child).
+        for id in 0..self.cpus {
+            let drained = match self.lock_within(id, Some(DRAIN_PATIENCE)) {
+                Some(word) => self.drain_cache(&self.locked, id, word),
+                None => Err(FreeListError::CacheBusy),
+            };
+            if let Err(e) = drained {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Moves cache `id` of `caches` (its count word, locked, is `word`) to the global level, and
+    /// unlocks it with whatever could not move (only when the global level has no memory).
+    fn drain_cache(&self, caches: &Caches, id: usize, word: usize) -> Result<(), FreeListError> {
+        let depth = (word & STACK_DEPTH_MASK).min(self.capacity);
+        let mut n = depth;
+        let slots = caches.of(id).1;
+        let mut result = Ok(());
+        while n > 0 {
+            let take = n.min(MAX_CHAIN);
+            // SAFETY: the cache is locked, so slots[..n] are stable and ours to read.
+            let items = unsafe { core::slice::from_raw_parts(slots.add(n - take), take) };
+            if self.global.shard(id).push_items(items).is_err() {
+                result = Err(FreeListError::OutOfMemory);
+                break;
+            }
+            n -= take;
+        }
+        // Keep the pop count; unlock with what is left.
+        caches.count(id).store(
+            word & !(STACK_DEPTH_MASK | STACK_LOCKED) | n,
+            Ordering::Release,
+        );
+        self.ops.add(DRAINED, (depth - n) as i64);
         result
     }
 
     /// Hands every item to `f`, emptying the freelist: for `Drop`, where `&mut` proves no other
     /// thread (and so no sequence) can touch it.
     pub(crate) fn take_all(&mut self, mut f: impl FnMut(NonNull<u8>)) {
-        for id in 0..self.cpus {
-            let (count, slots) = self.cache(id);
-            // SAFETY: exclusive access; the count is at most the capacity (never locked here,
-            // since drains hold `&self` and have finished).
-            let n = unsafe { *count } & STACK_DEPTH_MASK;
-            for i in 0..n.min(self.capacity) {
-                // SAFETY: `i < capacity`, inside the cache.
-                let item = unsafe { *slots.add(i) };
-                if let Some(block) = NonNull::new(item as *mut u8) {
-                    f(block);
+        for caches in [&self.caches, &self.locked] {
+            for id in 0..self.cpus {
+                let (count, slots) = caches.of(id);
+                // SAFETY: exclusive access; the count is at most the capacity (never locked
+                // here, since drains and locked-cache holders borrow `&self` and have finished).
+                let n = unsafe { *count } & STACK_DEPTH_MASK;
+                for i in 0..n.min(self.capacity) {
+                    // SAFETY: `i < capacity`, inside the cache.
+                    let item = unsafe { *slots.add(i) };
+                    if let Some(block) = NonNull::new(item as *mut u8) {
+                        f(block);
+                    }
                 }
+                // SAFETY: exclusive access.
+                unsafe { *count &= !(STACK_DEPTH_MASK | STACK_LOCKED) };
             }
-            // SAFETY: exclusive access.
-            unsafe { *count &= !(STACK_DEPTH_MASK | STACK_LOCKED) };
         }
         while let Some(item) = self.global.from(0).find_map(Global::pop_one) {
             if let Some(block) = NonNull::new(item as *mut u8) {
@@ -695,10 +910,10 @@ mod tests {
                 return; // One shard: nothing to look across.
             }
             for n in 1..=3 {
-                list.push_direct(n * 16, Unbacked).unwrap();
+                list.push_shared(n * 16, Unbacked).unwrap();
             }
             assert!(pin(1), "CPU 1 exists when there are two shards");
-            let mut got: Vec<usize> = std::iter::from_fn(|| list.pop_direct(Unbacked))
+            let mut got: Vec<usize> = std::iter::from_fn(|| list.pop_shared(Unbacked))
                 .map(|b| b.as_ptr() as usize / 16)
                 .collect();
             got.sort_unstable();
@@ -706,6 +921,126 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// Runs `f` on a thread pinned to CPU 0 (the locked cache it uses is then cache 0).
+    fn on_cpu0(f: impl FnOnce() + Send) {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert!(pin(0), "CPU 0 is always allowed here");
+                f();
+            });
+        });
+    }
+
+    #[test]
+    fn threads_without_rseq_use_their_cpus_locked_cache_last_in_first_out() {
+        let list = RawFreeList::new(8).unwrap();
+        on_cpu0(|| {
+            for n in 1..=3 {
+                list.push_direct(n * 16, Unbacked).unwrap();
+            }
+            assert_eq!(list.locked.depth(0, list.capacity), 3);
+            assert_eq!((list.caches.depth(0, 8), list.global.len()), (0, 0));
+            let got: Vec<usize> = std::iter::from_fn(|| list.pop_direct(Unbacked))
+                .map(|b| b.as_ptr() as usize / 16)
+                .collect();
+            assert_eq!(got, [3, 2, 1]);
+            let stats = list.stats();
+            assert_eq!((stats.pushes, stats.pops, stats.cached), (3, 3, 0));
+        });
+    }
+
+    #[test]
+    fn a_locked_cache_held_by_another_thread_is_passed_not_waited_for() {
+        let list = RawFreeList::new(8).unwrap();
+        on_cpu0(|| {
+            let word = list.try_lock(0).expect("free at first");
+            assert_eq!(list.try_lock(0), None, "a held lock cannot be taken again");
+            list.push_direct(16, Unbacked).unwrap();
+            assert_eq!(list.global.len(), 1, "went past the held cache");
+            assert_eq!(list.pop_direct(Unbacked), Some(block(1)));
+            list.locked
+                .count(0)
+                .store(word - STACK_LOCKED, Ordering::Release);
+            list.push_direct(32, Unbacked).unwrap();
+            assert_eq!((list.locked.depth(0, 8), list.global.len()), (1, 0));
+        });
+    }
+
+    #[test]
+    fn locked_caches_overflow_refill_and_drain_losing_nothing() {
+        let list = RawFreeList::new(8).unwrap();
+        on_cpu0(|| {
+            for n in 1..=1000 {
+                list.push_direct(n * 16, Unbacked).unwrap();
+            }
+            let mid = list.stats();
+            assert_eq!((mid.pushes, mid.pops), (1000, 0));
+            assert_eq!(
+                (mid.cached, mid.global),
+                (8, 992),
+                "a full cache, the rest global"
+            );
+            let mut seen: Vec<usize> = (0..600)
+                .map(|_| list.pop_direct(Unbacked).unwrap().as_ptr() as usize / 16)
+                .collect();
+            let stats = list.stats();
+            assert_eq!((stats.pushes, stats.pops), (1000, 600));
+            assert_eq!(stats.cached + stats.global, 400);
+            // A drain waits for a holder, then empties the locked caches too.
+            let word = list.try_lock(0).unwrap();
+            std::thread::scope(|s| {
+                let drain = s.spawn(|| list.drain().unwrap());
+                std::thread::sleep(DRAIN_PATIENCE / 5);
+                assert!(!drain.is_finished(), "the drain waits for the held lock");
+                list.locked
+                    .count(0)
+                    .store(word - STACK_LOCKED, Ordering::Release);
+                drain.join().unwrap();
+            });
+            assert_eq!(list.stats().cached, 0);
+            seen.extend(std::iter::from_fn(|| list.pop_global()).map(|b| b.as_ptr() as usize / 16));
+            seen.sort_unstable();
+            assert_eq!(seen, (1..=1000).collect::<Vec<_>>());
+            let end = list.stats();
+            assert_eq!(
+                (end.pushes, end.pops, end.cached, end.global),
+                (1000, 1000, 0, 0)
+            );
+        });
+    }
+
+    #[test]
+    fn a_drain_leaves_a_cache_locked_for_too_long_and_says_so() {
+        let list = RawFreeList::new(8).unwrap();
+        on_cpu0(|| {
+            for n in 1..=20 {
+                list.push_direct(n * 16, Unbacked).unwrap();
+            }
+            let (cached, global) = (list.locked.depth(0, 8), list.global.len());
+            assert!(cached > 0 && global > 0);
+            // Held past the drain's patience, as by a thread fork did not copy.
+            let word = list.try_lock(0).unwrap();
+            assert_eq!(list.drain(), Err(FreeListError::CacheBusy));
+            assert_eq!(
+                list.locked.count(0).load(Ordering::Relaxed),
+                word,
+                "left as it was"
+            );
+            list.locked
+                .count(0)
+                .store(word - STACK_LOCKED, Ordering::Release);
+            let mut popped: Vec<usize> = std::iter::from_fn(|| list.pop_global())
+                .map(|b| b.as_ptr() as usize / 16)
+                .collect();
+            assert_eq!(popped.len(), global);
+            assert!(list.drain().is_ok());
+            popped
+                .extend(std::iter::from_fn(|| list.pop_global()).map(|b| b.as_ptr() as usize / 16));
+            popped.sort_unstable();
+            assert_eq!(popped, (1..=20).collect::<Vec<_>>());
+        });
     }
 
     #[test]
@@ -739,14 +1074,17 @@ mod tests {
     #[test]
     fn harvest_folds_the_48_bit_pop_count_into_64_bits() {
         let list = RawFreeList::new(8).unwrap();
-        let count = list.count(0);
+        let count = list.caches.count(0);
         // Pops counted in the word: 5, then the word wraps past 2^48 to 3.
         count.store(5 << STACK_POPS_SHIFT, Ordering::Relaxed);
-        assert_eq!(list.harvest(0), 5);
-        count.store((POPS_MASK as usize) << STACK_POPS_SHIFT, Ordering::Relaxed);
-        assert_eq!(list.harvest(0), POPS_MASK);
+        assert_eq!(list.caches.harvest(0), 5);
+        count.store(
+            (caches::POPS_MASK as usize) << STACK_POPS_SHIFT,
+            Ordering::Relaxed,
+        );
+        assert_eq!(list.caches.harvest(0), caches::POPS_MASK);
         count.store(3 << STACK_POPS_SHIFT, Ordering::Relaxed);
-        assert_eq!(list.harvest(0), POPS_MASK + 4);
+        assert_eq!(list.caches.harvest(0), caches::POPS_MASK + 4);
         count.store(0, Ordering::Relaxed);
     }
 
@@ -760,7 +1098,7 @@ mod tests {
         list.drain().unwrap();
         // Every cache is empty now: the items wait at the global level.
         for id in 0..list.cpus {
-            assert_eq!(list.depth(id), 0, "cache {id}");
+            assert_eq!(list.caches.depth(id, list.capacity), 0, "cache {id}");
         }
         let mut popped: Vec<usize> = std::iter::from_fn(|| list.pop_global())
             .map(|b| b.as_ptr() as usize / 16)

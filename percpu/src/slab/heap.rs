@@ -44,6 +44,8 @@ pub(crate) struct Heap {
     pub(crate) fork_next: core::sync::atomic::AtomicPtr<Heap>,
     /// Every class's per-CPU caches, one region per CPU (their count words side by side).
     _caches: CacheArena,
+    /// The same for threads without rseq (touched only when there are some).
+    _locked_caches: CacheArena,
     classes: [Class; CLASSES],
 }
 
@@ -83,14 +85,19 @@ impl Heap {
         };
         const { assert!(CLASSES <= crate::freelist::caches::MAX_LISTS) };
         let capacities = SIZES.map(|size| cache_capacity(size, cache_bytes));
-        let Some(arena) = CacheArena::new(rseq_sys::possible_cpus() as usize, &capacities) else {
+        let cpus = rseq_sys::possible_cpus() as usize;
+        let (Some(arena), Some(locked)) = (
+            CacheArena::new(cpus, &capacities),
+            CacheArena::new(cpus, &capacities),
+        ) else {
             return false;
         };
         // Built in place, one class at a time: a `Heap` is too large to build on small stacks.
         for (c, &size) in SIZES.iter().enumerate() {
-            // SAFETY: the arena moves into the heap below and is dropped with it (its mapping,
-            // which the caches point into, never moves); class `c` takes list `c` only.
-            let Ok(list) = (unsafe { RawFreeList::in_arena(&arena, c, capacities[c]) }) else {
+            // SAFETY: the arenas move into the heap below and are dropped with it (their
+            // mappings, which the caches point into, never move); class `c` takes list `c` only.
+            let list = unsafe { RawFreeList::in_arena(&arena, &locked, c, capacities[c]) };
+            let Ok(list) = list else {
                 for done in 0..c {
                     // SAFETY: classes below `c` were written just now and are dropped once.
                     unsafe { ptr::drop_in_place(ptr::addr_of_mut!((*at).classes[done])) };
@@ -108,6 +115,7 @@ impl Heap {
         // SAFETY: as above, field by field.
         unsafe {
             ptr::addr_of_mut!((*at)._caches).write(arena);
+            ptr::addr_of_mut!((*at)._locked_caches).write(locked);
             ptr::addr_of_mut!((*at).pages).write(pages);
             ptr::addr_of_mut!((*at).large).write(Large::new(page_size));
             ptr::addr_of_mut!((*at).trim_lock).write(SpinLock::new());
@@ -213,10 +221,14 @@ impl Heap {
         }
     }
 
-    /// Takes every lock, in the one order they nest (trim, central levels, page heap, large
-    /// cache), so `fork` copies none of them held by a thread that will not exist in the child.
+    /// Takes every lock, in the one order they nest (trim, the caches of threads without rseq,
+    /// central levels, page heap, large cache), so `fork` copies none of them held by a thread
+    /// that will not exist in the child.
     pub(crate) fn lock_for_fork(&self) {
         self.trim_lock.acquire();
+        for class in &self.classes {
+            class.list.lock_fallback_caches();
+        }
         for class in &self.classes {
             class.central.lock.acquire();
         }
@@ -233,6 +245,9 @@ impl Heap {
             self.pages.lock.release();
             for class in &self.classes {
                 class.central.lock.release();
+            }
+            for class in &self.classes {
+                class.list.unlock_fallback_caches();
             }
             self.trim_lock.release();
         }

@@ -22,9 +22,9 @@
 //! strands nothing, and there is nothing to flush.
 //!
 //! # Without rseq
-//! Threads without rseq (or every thread under `PERCPU_FORCE_FALLBACK=1`) skip the per-CPU
-//! caches and use their CPU's shard of the transfer level directly: lock-free atomics,
-//! allocation-free.
+//! Threads without rseq (or every thread under `PERCPU_FORCE_FALLBACK=1`) use the freelists'
+//! caches for threads without rseq: per CPU, behind a try-lock that is passed by rather than
+//! waited for, over the same transfer level. Allocation-free, and no thread waits for another.
 //!
 //! # Rules it keeps
 //! Every path is free of the global allocator (all memory is `mmap`ed), of panics and unwinding,
