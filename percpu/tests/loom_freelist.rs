@@ -242,25 +242,49 @@ impl Model {
     }
 }
 
+/// A cache model as the scenarios drive it.
+trait Cache: 'static {
+    fn push(&self, x: usize);
+    fn pop(&self) -> Option<usize>;
+    fn drain(&self);
+}
+
+impl Cache for Model {
+    fn push(&self, x: usize) {
+        Model::push(self, x)
+    }
+    fn pop(&self) -> Option<usize> {
+        Model::pop(self)
+    }
+    fn drain(&self) {
+        Model::drain(self)
+    }
+}
+
+/// Runs a pusher (of item 2), a popper and a drainer on `m` at once: what the popper got.
+fn push_pop_drain<M: Cache>(m: &Arc<M>) -> Option<usize> {
+    let pusher = {
+        let m = m.clone();
+        thread::spawn(move || m.push(2))
+    };
+    let popper = {
+        let m = m.clone();
+        thread::spawn(move || m.pop())
+    };
+    let drainer = {
+        let m = m.clone();
+        thread::spawn(move || m.drain())
+    };
+    pusher.join().unwrap();
+    drainer.join().unwrap();
+    popper.join().unwrap()
+}
+
 /// A pusher, a popper and a drainer on one cache: every item ends up exactly once.
 fn drain_scenario(fence_and_recheck: bool) {
     bounded().check(move || {
         let m = Model::new(fence_and_recheck, &[1]);
-        let pusher = {
-            let m = m.clone();
-            thread::spawn(move || m.push(2))
-        };
-        let popper = {
-            let m = m.clone();
-            thread::spawn(move || m.pop())
-        };
-        let drainer = {
-            let m = m.clone();
-            thread::spawn(move || m.drain())
-        };
-        pusher.join().unwrap();
-        drainer.join().unwrap();
-        let mut all: Vec<usize> = popper.join().unwrap().into_iter().collect();
+        let mut all: Vec<usize> = push_pop_drain(&m).into_iter().collect();
         let n = m.cache.count.load(Ordering::Relaxed) & !LOCKED;
         all.extend(
             m.cache.slots[..n.min(CAP)]
@@ -373,25 +397,23 @@ impl Locked {
     }
 }
 
+impl Cache for Locked {
+    fn push(&self, x: usize) {
+        Locked::push(self, x)
+    }
+    fn pop(&self) -> Option<usize> {
+        Locked::pop(self)
+    }
+    fn drain(&self) {
+        Locked::drain(self)
+    }
+}
+
 /// A pusher, a popper and a drainer on one locked cache: every item ends up exactly once.
 fn locked_scenario(lock_order: Ordering) {
     bounded().check(move || {
         let m = Locked::new(lock_order, &[1]);
-        let pusher = {
-            let m = m.clone();
-            thread::spawn(move || m.push(2))
-        };
-        let popper = {
-            let m = m.clone();
-            thread::spawn(move || m.pop())
-        };
-        let drainer = {
-            let m = m.clone();
-            thread::spawn(move || m.drain())
-        };
-        pusher.join().unwrap();
-        drainer.join().unwrap();
-        let mut all: Vec<usize> = popper.join().unwrap().into_iter().collect();
+        let mut all: Vec<usize> = push_pop_drain(&m).into_iter().collect();
         let n = m.count.load(Ordering::Acquire);
         assert_eq!(n & LOCKED, 0, "left locked");
         for slot in &m.slots[..n] {

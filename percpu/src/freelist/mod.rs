@@ -165,6 +165,27 @@ pub struct RawFreeList {
     ops: RawCounters<OP_COUNTERS>,
 }
 
+/// Where items leaving a cache (or not fitting into one) go.
+#[must_use]
+enum Destination<'a> {
+    /// Slots reserved at the global level (or a batch's own slots), which cannot fail.
+    Global(&'a Global, global::Reserved),
+    /// The backing, which takes whatever it is given.
+    Backing,
+    /// Fresh items from the backing: to the global level, or back to the backing.
+    Park,
+}
+
+impl Destination<'_> {
+    fn send<B: Backing>(self, list: &RawFreeList, items: &[usize], backing: B) {
+        match self {
+            Destination::Global(shard, reserved) => shard.fill_reserved(reserved, items),
+            Destination::Backing => backing.spill(items),
+            Destination::Park => list.park(backing, items),
+        }
+    }
+}
+
 /// Cold-path operation counters of a freelist, indices into `RawFreeList::ops`.
 const DIRECT_PUSHES: usize = 0; // pushes that went past the caches
 const DIRECT_POPS: usize = 1; // pops served from past the caches
@@ -352,17 +373,11 @@ impl RawFreeList {
     ) -> Result<(), ()> {
         self.locked.harvest(id);
         let count = self.locked.count(id);
-        let shard = self.global.shard(id);
         let n = self.batch.min(self.capacity);
-        let reserved = if B::SPILLS && shard.len() >= self.shard_limit(backing) {
-            None
-        } else {
-            shard.reserve(n)
-        };
-        if reserved.is_none() && !B::SPILLS {
+        let Some(destination) = self.overflow_destination(id, n, backing) else {
             count.store(word - STACK_LOCKED, Ordering::Release);
             return Err(());
-        }
+        };
         let depth = word & STACK_DEPTH_MASK;
         let slots = self.locked.of(id).1;
         let mut batch = [0usize; MAX_CHAIN];
@@ -376,10 +391,7 @@ impl RawFreeList {
         // `item` arrives as one push. The pop count wraps, as the sequences' does.
         let word = (word - STACK_LOCKED - n + 1).wrapping_add(n << STACK_POPS_SHIFT);
         count.store(word, Ordering::Release);
-        match reserved {
-            Some(reserved) => shard.fill_reserved(reserved, &batch[..n]),
-            None => backing.spill(&batch[..n]),
-        }
+        destination.send(self, &batch[..n], backing);
         self.ops.add(OVERFLOW_POPS, n as i64);
         Ok(())
     }
@@ -476,15 +488,10 @@ impl RawFreeList {
         let Some((seq, index)) = rseq_path() else {
             return self.push_direct(item, backing);
         };
-        let shard = self.global.shard(self.harvest_current(seq, index));
-        let reserved = if B::SPILLS && shard.len() >= self.shard_limit(backing) {
-            None
-        } else {
-            shard.reserve(self.batch)
-        };
-        if reserved.is_none() && !B::SPILLS {
-            return Err(());
-        }
+        let id = self.harvest_current(seq, index);
+        let destination = self
+            .overflow_destination(id, self.batch, backing)
+            .ok_or(())?;
         let mut batch = [0usize; MAX_CHAIN];
         batch[0] = item;
         let mut n = 1;
@@ -504,13 +511,52 @@ impl RawFreeList {
                 Outcome::CompareFailed => break,
             }
         }
-        match reserved {
-            Some(reserved) => shard.fill_reserved(reserved, &batch[..n]),
-            None => backing.spill(&batch[..n]),
-        }
+        destination.send(self, &batch[..n], backing);
         self.ops.add(DIRECT_PUSHES, 1);
         self.ops.add(OVERFLOW_POPS, n as i64 - 1);
         Ok(())
+    }
+
+    /// Where a batch of `n` leaving cache `id` goes, made certain before it leaves so nothing
+    /// can be stranded: reserved slots at the global level, or a backing that always takes what
+    /// it is given. `None` when neither can take it.
+    fn overflow_destination<B: Backing>(
+        &self,
+        id: usize,
+        n: usize,
+        backing: B,
+    ) -> Option<Destination<'_>> {
+        let shard = self.global.shard(id);
+        let reserved = if B::SPILLS && shard.len() >= self.shard_limit(backing) {
+            None
+        } else {
+            shard.reserve(n)
+        };
+        match reserved {
+            Some(reserved) => Some(Destination::Global(shard, reserved)),
+            None if B::SPILLS => Some(Destination::Backing),
+            None => None,
+        }
+    }
+
+    /// Fills the front of `batch` for an empty cache `id`: a batch from the global level
+    /// (starting with `id`'s shard), else from the backing. How many (0 when neither had any),
+    /// and where the ones the cache does not keep go back.
+    fn refill_batch<B: Backing>(
+        &self,
+        id: usize,
+        batch: &mut [usize; MAX_CHAIN],
+        backing: B,
+    ) -> (usize, Destination<'_>) {
+        let taken = self
+            .global
+            .from(id)
+            .find_map(|shard| Some((shard, shard.take_batch(batch)?)));
+        match taken {
+            Some((shard, (n, slots))) => (n, Destination::Global(shard, slots)),
+            None if B::FILLS => (backing.fill(&mut batch[..self.batch]), Destination::Park),
+            None => (0, Destination::Park),
+        }
     }
 
     /// Takes a block: from this CPU's cache, else a batch from the global level. `None` when both
@@ -571,18 +617,7 @@ impl RawFreeList {
         self.locked.harvest(id);
         let count = self.locked.count(id);
         let mut batch = [0usize; MAX_CHAIN];
-        let taken = self
-            .global
-            .from(id)
-            .find_map(|shard| Some((shard, shard.take_batch(&mut batch)?)));
-        let (n, slots) = match taken {
-            Some((shard, (n, slots))) => (n, Some((shard, slots))),
-            None if B::FILLS => match backing.fill(&mut batch[..self.batch]) {
-                0 => (0, None),
-                n => (n, None),
-            },
-            None => (0, None),
-        };
+        let (n, rest) = self.refill_batch(id, &mut batch, backing);
         if n == 0 {
             count.store(word - STACK_LOCKED, Ordering::Release);
             return None;
@@ -595,10 +630,7 @@ impl RawFreeList {
             unsafe { cache.add(i).write(item) };
         }
         count.store(word - STACK_LOCKED + (kept - 1), Ordering::Release);
-        match slots {
-            Some((shard, slots)) => shard.fill_reserved(slots, &batch[kept..n]),
-            None => self.park(backing, &batch[kept..n]),
-        }
+        rest.send(self, &batch[kept..n], backing);
         self.ops.add(DIRECT_POPS, 1);
         self.ops.add(REFILL_PUSHES, (kept - 1) as i64);
         NonNull::new(batch[0] as *mut u8)
@@ -636,18 +668,10 @@ impl RawFreeList {
         };
         let id = self.harvest_current(seq, index);
         let mut batch = [0usize; MAX_CHAIN];
-        let taken = self
-            .global
-            .from(id)
-            .find_map(|shard| Some((shard, shard.take_batch(&mut batch)?)));
-        let (n, slots) = match taken {
-            Some((shard, (n, slots))) => (n, Some((shard, slots))),
-            None if B::FILLS => match backing.fill(&mut batch[..self.batch]) {
-                0 => return None,
-                n => (n, None),
-            },
-            None => return None,
-        };
+        let (n, rest) = self.refill_batch(id, &mut batch, backing);
+        if n == 0 {
+            return None;
+        }
         let mut unplaced = n; // batch[1..unplaced] still need a home
         while unplaced > 1 {
             let id = seq.current().index(index) as usize;
@@ -671,10 +695,7 @@ impl RawFreeList {
                 Outcome::CompareFailed => break,
             }
         }
-        match slots {
-            Some((shard, slots)) => shard.fill_reserved(slots, &batch[1..unplaced]),
-            None => self.park(backing, &batch[1..unplaced]),
-        }
+        rest.send(self, &batch[1..unplaced], backing);
         self.ops.add(DIRECT_POPS, 1);
         self.ops.add(REFILL_PUSHES, (n - unplaced) as i64);
         NonNull::new(batch[0] as *mut u8)

@@ -86,7 +86,9 @@ impl Central {
         }
         slab.free.store(free, Ordering::Relaxed);
         slab.carved.store(carved as u32, Ordering::Relaxed);
-        slab.live.fetch_add(n as u32, Ordering::Relaxed);
+        // Written only under the class lock: a plain update, no read-modify-write.
+        let live = slab.live.load(Ordering::Relaxed);
+        slab.live.store(live + n as u32, Ordering::Relaxed);
         if free == 0 && carved + self.size > SLAB_SIZE {
             self.remove_partial(slab);
         }
@@ -110,7 +112,10 @@ impl Central {
             unsafe { ptr::write(item as *mut usize, slab.free.load(Ordering::Relaxed)) };
             slab.free.store(item, Ordering::Relaxed);
             returned += 1;
-            if slab.live.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // As in `take_from`: ours under the lock.
+            let live = slab.live.load(Ordering::Relaxed).wrapping_sub(1);
+            slab.live.store(live, Ordering::Relaxed);
+            if live == 0 {
                 if slab.partial.load(Ordering::Relaxed) {
                     self.remove_partial(slab);
                 }
