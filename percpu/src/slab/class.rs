@@ -40,33 +40,10 @@ const fn sizes() -> [usize; CLASSES] {
     sizes
 }
 
-/// Requests up to this size find their class in a table (one load) rather than by arithmetic.
-const TABLE_MAX: usize = 1024;
-
-/// The class of each request size up to [`TABLE_MAX`], in 16-byte steps: entry `(size + 15) / 16`
-/// (class boundaries up to there are all multiples of 16).
-static SMALL_CLASSES: [u8; TABLE_MAX / 16 + 1] = {
-    let mut table = [0; TABLE_MAX / 16 + 1];
-    let mut i = 0;
-    while i < table.len() {
-        table[i] = computed_class_of(i * 16) as u8;
-        i += 1;
-    }
-    table
-};
-
 /// The class of a request of `size <= MAX_SMALL` bytes with the default alignment.
 #[inline(always)]
-pub(crate) fn class_of(size: usize) -> usize {
+pub(crate) const fn class_of(size: usize) -> usize {
     debug_assert!(size <= MAX_SMALL);
-    if size <= TABLE_MAX {
-        return SMALL_CLASSES[size.div_ceil(16)] as usize;
-    }
-    computed_class_of(size)
-}
-
-/// [`class_of`] by arithmetic.
-const fn computed_class_of(size: usize) -> usize {
     if size <= 128 {
         // 0 shares class 0 with 1..=16.
         return size.saturating_sub(1) / 16;
@@ -125,11 +102,6 @@ mod tests {
     fn every_size_gets_the_smallest_class_that_fits_within_the_waste_bound() {
         for size in 0..=MAX_SMALL {
             let class = class_of(size);
-            assert_eq!(
-                class,
-                computed_class_of(size),
-                "table and arithmetic disagree"
-            );
             let block = SIZES[class];
             assert!(block >= size, "size {size} got {block}");
             assert!(
