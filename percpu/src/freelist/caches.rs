@@ -87,11 +87,12 @@ impl CacheArena {
 /// One freelist's per-CPU caches: CPU `id`'s count word, harvested word and slots lie
 /// `id << shift` bytes past CPU 0's.
 #[derive(Debug)]
+#[repr(C)] // What push and pop read first (see `RawFreeList`).
 pub(crate) struct Caches {
     counts: NonNull<usize>,
-    harvested: NonNull<u64>,
     slots: NonNull<usize>,
     shift: u32,
+    harvested: NonNull<u64>,
     /// The arena's mapping, when these caches have one to themselves.
     _own: Option<Mapping>,
 }

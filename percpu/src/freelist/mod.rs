@@ -146,17 +146,18 @@ impl Backing for Unbacked {
 /// It never reads or writes the blocks: any non-null address goes in and comes back out
 /// unchanged, exactly once. Ownership of what the address points to is the caller's business
 /// (see [`FreeList`] for a typed, owning layer).
+#[repr(C)] // Everything push and pop read in its first 64 bytes: one cache line when aligned.
 pub struct RawFreeList {
     /// The rseq caches: written only by sequences on their CPU (and by drains that locked them).
     caches: Caches,
+    /// Indices below this use their cache: `cpus`, or 0 under `PERCPU_FORCE_FALLBACK=1`.
+    rseq_cpus: usize,
+    capacity: usize,
     /// Caches of the same shape for threads without rseq, each behind a try-lock (its count
     /// word's lock bit): see `push_direct`.
     locked: Caches,
     /// Possible CPUs: caches exist for indices below this.
     cpus: usize,
-    /// Indices below this use their cache: `cpus`, or 0 under `PERCPU_FORCE_FALLBACK=1`.
-    rseq_cpus: usize,
-    capacity: usize,
     /// Items moved per overflow or refill.
     batch: usize,
     /// The global level, one shard per CPU (up to 16).
@@ -164,6 +165,8 @@ pub struct RawFreeList {
     /// Operations that bypass the count words' pop counting (see [`FreeListStats`]).
     ops: RawCounters<OP_COUNTERS>,
 }
+
+const _: () = assert!(core::mem::offset_of!(RawFreeList, capacity) + 8 <= 64);
 
 /// Where items leaving a cache (or not fitting into one) go.
 #[must_use]

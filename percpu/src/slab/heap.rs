@@ -25,6 +25,8 @@ fn transfer_limit(size: usize) -> usize {
     ((1 << 20) / size).clamp(2 * MAX_CHAIN, 8192)
 }
 
+/// Cache-line aligned, the freelist first: a class's fast path reads one line of it.
+#[repr(C, align(64))]
 pub(crate) struct Class {
     pub(crate) list: RawFreeList,
     pub(crate) central: Central,
