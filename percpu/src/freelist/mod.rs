@@ -335,8 +335,8 @@ impl RawFreeList {
         self.push_direct(item, backing).map_err(|()| block)
     }
 
-    /// A push without rseq: into this CPU's locked cache when its try-lock is free, else (or
-    /// when that cache has no room and the global level no memory) past it.
+    /// A push without rseq: into this CPU's locked cache when its try-lock is free (a full one
+    /// first moves a batch down), else past it to the global level.
     ///
     /// Threads without rseq must not write the rseq caches, and the global level costs several
     /// compare-exchanges an item, so they have caches of their own: the same array stacks,
