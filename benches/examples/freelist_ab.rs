@@ -16,7 +16,7 @@ impl BareStacks {
     fn push_pop(&self, item: usize) -> Option<usize> {
         let current = rseq_sys::current().unwrap();
         let seq = current.sequences().unwrap();
-        let index = rseq_sys::Index::best(current.kernel_size());
+        let index = current.best_index();
         loop {
             let id = current.index(index);
             let cache = self.0[id as usize].0.get().cast::<usize>();

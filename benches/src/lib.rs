@@ -129,7 +129,7 @@ impl RawRseqSlots {
         let seq = current
             .sequences()
             .expect("sequences for the raw contender");
-        let index = rseq_sys::Index::best(current.kernel_size());
+        let index = current.best_index();
         loop {
             let id = current.index(index);
             let slot = self.0[id as usize].0.get();

@@ -51,7 +51,7 @@ pub use typed::{FreeList, Pool, Pooled};
 
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use rseq_sys::{
@@ -348,16 +348,16 @@ impl RawFreeList {
     fn push_direct<B: Backing>(&self, item: usize, backing: B) -> Result<(), ()> {
         let id = self.fallback_id();
         let Some(word) = self.try_lock(id) else {
-            return self.push_shared(item, backing);
+            return self.push_shared(id, item, backing);
         };
         let depth = word & STACK_DEPTH_MASK;
         if depth < self.capacity {
-            let (count, slots) = self.locked.of(id);
+            let slots = self.locked.of(id).1;
             // SAFETY: `depth < capacity`: a slot of cache `id`, ours while we hold its lock.
             unsafe { slots.add(depth).write(item) };
             // Unlocks: the count and the slot become visible together to the next holder.
-            // SAFETY: the count word, only ever accessed atomically.
-            unsafe { AtomicUsize::from_ptr(count) }
+            self.locked
+                .count(id)
                 .store(word - STACK_LOCKED + 1, Ordering::Release);
             return Ok(());
         }
@@ -399,10 +399,10 @@ impl RawFreeList {
         Ok(())
     }
 
-    /// A push past every cache: to the global level, or below it.
+    /// A push past every cache, from CPU `id`: to its shard of the global level, or below it.
     #[cold]
-    fn push_shared<B: Backing>(&self, item: usize, backing: B) -> Result<(), ()> {
-        let shard = self.global.local();
+    fn push_shared<B: Backing>(&self, id: usize, item: usize, backing: B) -> Result<(), ()> {
+        let shard = self.global.shard(id);
         if B::SPILLS && shard.len() >= self.shard_limit(backing) {
             backing.spill(&[item]);
         } else if shard.push_items(&[item]).is_err() {
@@ -597,19 +597,18 @@ impl RawFreeList {
     fn pop_direct<B: Backing>(&self, backing: B) -> Option<NonNull<u8>> {
         let id = self.fallback_id();
         let Some(word) = self.try_lock(id) else {
-            return self.pop_shared(backing);
+            return self.pop_shared(id, backing);
         };
         let depth = word & STACK_DEPTH_MASK;
         if depth == 0 {
             return self.locked_refill(id, word, backing);
         }
-        let (count, slots) = self.locked.of(id);
+        let slots = self.locked.of(id).1;
         // SAFETY: `0 < depth <= capacity`: a slot of cache `id`, ours while we hold its lock.
         let item = unsafe { slots.add(depth - 1).read() };
         // Unlocks, takes one from the depth and counts the pop, as the pop sequence does.
         let word = (word - STACK_LOCKED - 1).wrapping_add(1 << STACK_POPS_SHIFT);
-        // SAFETY: the count word, only ever accessed atomically.
-        unsafe { AtomicUsize::from_ptr(count) }.store(word, Ordering::Release);
+        self.locked.count(id).store(word, Ordering::Release);
         NonNull::new(item as *mut u8)
     }
 
@@ -639,11 +638,11 @@ impl RawFreeList {
         NonNull::new(batch[0] as *mut u8)
     }
 
-    /// A pop past every cache: from the global level, or from below it.
+    /// A pop past every cache, from CPU `id`: from the global level (its shard first), or from
+    /// below it.
     #[cold]
-    fn pop_shared<B: Backing>(&self, backing: B) -> Option<NonNull<u8>> {
-        let local = rseq_sys::sched_getcpu().unwrap_or(0) as usize;
-        let item = match self.global.from(local).find_map(Global::pop_one) {
+    fn pop_shared<B: Backing>(&self, id: usize, backing: B) -> Option<NonNull<u8>> {
+        let item = match self.global.from(id).find_map(Global::pop_one) {
             Some(item) => item,
             None if B::FILLS => {
                 let mut batch = [0usize; MAX_CHAIN];
@@ -855,8 +854,9 @@ impl RawFreeList {
         for caches in [&self.caches, &self.locked] {
             for id in 0..self.cpus {
                 let (count, slots) = caches.of(id);
-                // SAFETY: exclusive access; the count is at most the capacity (never locked
-                // here, since drains and locked-cache holders borrow `&self` and have finished).
+                // SAFETY: exclusive access: drains and locked-cache holders borrow `&self` and
+                // have finished (a lock bit `fork` copied in is cleared below); the depth is at
+                // most the capacity.
                 let n = unsafe { *count } & STACK_DEPTH_MASK;
                 for i in 0..n.min(self.capacity) {
                     // SAFETY: `i < capacity`, inside the cache.
@@ -934,12 +934,14 @@ mod tests {
                 return; // One shard: nothing to look across.
             }
             for n in 1..=3 {
-                list.push_shared(n * 16, Unbacked).unwrap();
+                list.push_shared(list.fallback_id(), n * 16, Unbacked)
+                    .unwrap();
             }
             assert!(pin(1), "CPU 1 exists when there are two shards");
-            let mut got: Vec<usize> = std::iter::from_fn(|| list.pop_shared(Unbacked))
-                .map(|b| b.as_ptr() as usize / 16)
-                .collect();
+            let mut got: Vec<usize> =
+                std::iter::from_fn(|| list.pop_shared(list.fallback_id(), Unbacked))
+                    .map(|b| b.as_ptr() as usize / 16)
+                    .collect();
             got.sort_unstable();
             assert_eq!(got, [1, 2, 3], "items pushed on CPU 0 popped from CPU 1");
         })
