@@ -3,7 +3,8 @@
 //! and a multi-threaded C stress program of our own (`tests/stress.c`: every function of the
 //! malloc family, every alignment, cross-thread frees, 2,000 short-lived threads, C edge
 //! cases). Each must exit 0 with identical output, on the rseq path and under
-//! `PERCPU_FORCE_FALLBACK=1`.
+//! `PERCPU_FORCE_FALLBACK=1`. Also: the library loaded with `dlopen` into a running
+//! multi-threaded program (`tests/dlopen.c`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -126,10 +127,10 @@ fn sort_a_large_generated_file() {
     same_output("sort", &["--parallel=4", "-S", "64M"], &input);
 }
 
-#[test]
-fn the_c_stress_program() {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stress.c");
-    let binary = std::env::temp_dir().join(format!("percpu-malloc-stress-{}", std::process::id()));
+/// Compiles `tests/NAME.c` into a temporary binary (removed when the guard drops).
+fn compile(name: &str) -> TempBinary {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/{name}.c"));
+    let binary = std::env::temp_dir().join(format!("percpu-malloc-{name}-{}", std::process::id()));
     let status = Command::new("cc")
         .args([
             "-O2",
@@ -140,11 +141,47 @@ fn the_c_stress_program() {
         ])
         .arg(&binary)
         .arg(&source)
+        .arg("-ldl")
         .status()
         .expect("cc (is it installed? .ci/run installs it)");
     assert!(status.success(), "compiling {}", source.display());
-    same_output(binary.to_str().unwrap(), &[], b"");
-    let _ = std::fs::remove_file(&binary);
+    TempBinary(binary)
+}
+
+struct TempBinary(PathBuf);
+
+impl Drop for TempBinary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_c_stress_program() {
+    let binary = compile("stress");
+    same_output(binary.0.to_str().unwrap(), &[], b"");
+}
+
+/// The library keeps each thread's registration in initial-exec TLS. `dlopen` must still load
+/// it (glibc finds it static TLS room, which needs its TLS aligned no more than glibc's own),
+/// and threads that started before the load must each get their own.
+#[test]
+fn dlopened_while_threads_run() {
+    let binary = compile("dlopen");
+    let library = library();
+    for env in [&[][..], &[("PERCPU_FORCE_FALLBACK", "1")][..]] {
+        let out = Command::new(&binary.0)
+            .arg(&library)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stdout == b"ok\n",
+            "{env:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

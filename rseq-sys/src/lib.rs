@@ -35,6 +35,7 @@ pub mod cpu;
 pub mod fence;
 pub mod registration;
 pub mod seq;
+mod thread_block;
 
 // One module per architecture behind one interface. `--cfg rseq_sys_no_sequences` selects the
 // no-sequences module anywhere, so that path is built and tested on the machines we have.

@@ -28,9 +28,11 @@
 //! `node_id`/`mm_cid` even in 32-byte areas); any other value is the size itself.
 //!
 //! # Where the state lives
-//! One const-initialised thread-local without a destructor, so the fast path is a TLS load and a
-//! compare, and the whole thing is usable from inside a global allocator: registration allocates
-//! nothing, never panics, and guards against re-entry (glibc's `dlsym` may call `malloc`).
+//! Thread-locals without destructors, so the whole thing is usable from inside a global
+//! allocator: registration allocates nothing, never panics, and guards against re-entry (glibc's
+//! `dlsym` may call `malloc`). What the fast path reads (the area, its kernel size, the index
+//! choice) is a 16-byte block of its own, in the initial-exec TLS model on glibc
+//! (`thread_block.rs`), so [`current`] is a load and a compare even in a shared library.
 
 use core::cell::{Cell, UnsafeCell};
 use core::fmt;
@@ -40,6 +42,7 @@ use core::sync::atomic::{AtomicIsize, AtomicU8, AtomicU32, Ordering};
 
 use crate::abi::{self, Rseq};
 use crate::arch;
+use crate::thread_block::{self, ThreadBlock};
 
 /// Who registered the current thread's rseq area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -234,37 +237,22 @@ enum NotRegistered {
     Unavailable(Unavailable),
 }
 
-/// One thread's registration, laid out for the fast path: a non-null `area` means registered,
-/// so [`current`] is one TLS load and a test, with no enum to decode.
-struct ThreadRseq {
-    area: Cell<*mut Rseq>,
-    kernel_size: Cell<u32>,
-    best: Cell<crate::Index>,
-    owner: Cell<Owner>,
-    /// Meaningful only while `area` is null.
-    not_registered: Cell<NotRegistered>,
-}
-
 thread_local! {
-    static THREAD: ThreadRseq = const {
-        ThreadRseq {
-            area: Cell::new(ptr::null_mut()),
-            kernel_size: Cell::new(0),
-            best: Cell::new(crate::Index::CpuId),
-            owner: Cell::new(Owner::None),
-            not_registered: Cell::new(NotRegistered::Unknown),
-        }
-    };
+    /// Why this thread has no registration (meaningful while its block's area is null); the
+    /// registration itself is in [`crate::thread_block`], where the fast path reads it.
+    static NOT_REGISTERED: Cell<NotRegistered> = const { Cell::new(NotRegistered::Unknown) };
     static OWN_AREA: OwnArea = const { OwnArea(UnsafeCell::new([0; OWN_AREA_SIZE])) };
 }
 
 /// Bytes reserved for our own registration: the 7.0 layout is 33 bytes, the rest is headroom for
 /// fields future kernels add (the kernel fills at most `AT_RSEQ_FEATURE_SIZE` bytes).
 pub const OWN_AREA_SIZE: usize = 256;
-/// Alignment of our own area (the kernel asks for 32 today, 64 on 7.0+).
-pub const OWN_AREA_ALIGN: usize = 128;
+/// Alignment of our own area (the kernel asks for 32 before 7.0, 64 since). No more: the area is
+/// a thread-local, and glibc refuses to `dlopen` a library whose static TLS is aligned beyond its
+/// own static TLS alignment (64 on x86_64), which a library using this crate would then be.
+pub const OWN_AREA_ALIGN: usize = 64;
 
-#[repr(C, align(128))]
+#[repr(C, align(64))]
 struct OwnArea(UnsafeCell<[u8; OWN_AREA_SIZE]>);
 const _: () = assert!(core::mem::align_of::<OwnArea>() == OWN_AREA_ALIGN);
 
@@ -274,12 +262,12 @@ const _: () = assert!(core::mem::align_of::<OwnArea>() == OWN_AREA_ALIGN);
 /// re-entrant caller). This is the fast path: one TLS load and a test once registered.
 #[inline]
 pub fn current() -> Option<Current> {
-    THREAD.with(|t| match NonNull::new(t.area.get()) {
+    thread_block::with(|t| match NonNull::new(t.area.get()) {
         Some(area) => Some(Current {
             area,
             kernel_size: t.kernel_size.get(),
-            best: t.best.get(),
-            owner: t.owner.get(),
+            best: t.best(),
+            owner: t.owner(),
             _not_send: PhantomData,
         }),
         None => current_slow(t),
@@ -288,21 +276,23 @@ pub fn current() -> Option<Current> {
 
 #[cold]
 #[inline(never)]
-fn current_slow(t: &ThreadRseq) -> Option<Current> {
-    if !matches!(t.not_registered.get(), NotRegistered::Unknown) {
+fn current_slow(t: &ThreadBlock) -> Option<Current> {
+    if !matches!(NOT_REGISTERED.get(), NotRegistered::Unknown) {
         return None;
     }
-    t.not_registered.set(NotRegistered::Registering);
+    NOT_REGISTERED.set(NotRegistered::Registering);
     match register_thread() {
         Ok(current) => {
-            t.kernel_size.set(current.kernel_size);
-            t.best.set(current.best);
-            t.owner.set(current.owner);
-            t.area.set(current.area.as_ptr());
+            t.set(
+                current.area.as_ptr(),
+                current.kernel_size,
+                current.best,
+                current.owner,
+            );
             Some(current)
         }
         Err(why) => {
-            t.not_registered.set(NotRegistered::Unavailable(why));
+            NOT_REGISTERED.set(NotRegistered::Unavailable(why));
             None
         }
     }
@@ -310,13 +300,8 @@ fn current_slow(t: &ThreadRseq) -> Option<Current> {
 
 /// Marks the current thread as having no rseq, for `why`.
 fn set_unavailable(why: Unavailable) {
-    THREAD.with(|t| {
-        t.area.set(ptr::null_mut());
-        t.kernel_size.set(0);
-        t.best.set(crate::Index::CpuId);
-        t.owner.set(Owner::None);
-        t.not_registered.set(NotRegistered::Unavailable(why));
-    });
+    thread_block::with(|t| t.set(ptr::null_mut(), 0, crate::Index::CpuId, Owner::None));
+    NOT_REGISTERED.set(NotRegistered::Unavailable(why));
 }
 
 /// This thread's registration status, registering on first use.
@@ -333,7 +318,7 @@ pub struct Status {
 /// The current thread's [`Status`].
 pub fn status() -> Status {
     let registered = current();
-    match (registered, THREAD.with(|t| t.not_registered.get())) {
+    match (registered, NOT_REGISTERED.get()) {
         (Some(c), _) => Status {
             owner: c.owner,
             reason: None,
@@ -559,7 +544,7 @@ fn process() -> ProcessInfo {
 ///
 /// Looked up with `dlsym` rather than linked, so binaries still start on glibc < 2.35 and musl.
 #[cfg(not(all(target_env = "gnu", target_feature = "crt-static")))]
-fn glibc_registration() -> (u32, isize) {
+pub(crate) fn glibc_registration() -> (u32, isize) {
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other preconditions.
     let size = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) };
     // SAFETY: as above.
@@ -575,7 +560,7 @@ fn glibc_registration() -> (u32, isize) {
 /// Statically linked glibc: `dlsym` cannot see the executable's own symbols, but the link already
 /// fixed the glibc version (>= 2.35 is required to build this way), so read the symbols directly.
 #[cfg(all(target_env = "gnu", target_feature = "crt-static"))]
-fn glibc_registration() -> (u32, isize) {
+pub(crate) fn glibc_registration() -> (u32, isize) {
     unsafe extern "C" {
         static __rseq_size: libc::c_uint;
         static __rseq_offset: isize;
