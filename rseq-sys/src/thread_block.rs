@@ -41,10 +41,12 @@ impl ThreadBlock {
     /// The index choice; call only while `area` is non-null.
     #[inline(always)]
     pub(crate) fn best(&self) -> crate::Index {
-        match self.best.get() {
-            x if x == crate::Index::MmCid as u8 => crate::Index::MmCid,
-            _ => crate::Index::CpuId,
-        }
+        let raw = self.best.get();
+        debug_assert!(raw == crate::Index::CpuId as u8 || raw == crate::Index::MmCid as u8);
+        // SAFETY: `Index` is `repr(u8)`, and while `area` is non-null `best` holds the value of
+        // one (`set` writes it first; this thread is the only writer). A plain load, not a
+        // decode: it feeds the address of the index field on every fast path.
+        unsafe { core::mem::transmute::<u8, crate::Index>(raw) }
     }
 
     /// The owner; call only while `area` is non-null.

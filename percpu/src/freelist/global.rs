@@ -56,12 +56,14 @@ struct ChainStack {
     head: CachePadded<AtomicU64>,
 }
 
+/// A head holds its first slot XOR NIL, so zeroed memory is an empty stack: a level whose
+/// freelist is never used costs no touched page.
 const fn pack(tag: u32, first: u32) -> u64 {
-    ((tag as u64) << 32) | first as u64
+    ((tag as u64) << 32) | (first ^ NIL) as u64
 }
 
 const fn first_of(head: u64) -> u32 {
-    head as u32
+    head as u32 ^ NIL
 }
 
 const fn tag_of(head: u64) -> u32 {
@@ -91,11 +93,8 @@ impl Global {
     /// Maps the header (chunks come later, on demand). `None` if the kernel refuses memory.
     pub(crate) fn new() -> Option<Global> {
         let header = Mapping::new(core::mem::size_of::<Header>())?;
-        let global = Global { header };
-        // Empty stacks are NIL; a zeroed head would name slot 0.
-        global.h().full.head.store(pack(0, NIL), Ordering::Relaxed);
-        global.h().free.head.store(pack(0, NIL), Ordering::Relaxed);
-        Some(global)
+        // Zeroed: both stacks empty (see `pack`), nothing written until first used.
+        Some(Global { header })
     }
 
     fn h(&self) -> &Header {
@@ -416,6 +415,29 @@ mod tests {
             }
             None => 0,
         }
+    }
+
+    /// Whether the page at `address` is resident.
+    fn resident(address: *const u8) -> bool {
+        let page = address as usize & !4095;
+        let mut vec = 0u8;
+        // SAFETY: mincore on one page of a live mapping, into a one-byte vector.
+        let rc = unsafe { libc::mincore(page as *mut libc::c_void, 1, &mut vec) };
+        assert_eq!(rc, 0);
+        vec & 1 == 1
+    }
+
+    #[test]
+    fn a_new_level_touches_no_memory_until_used() {
+        let g = Global::new().unwrap();
+        let header = g.header.as_ptr();
+        assert!(!resident(header), "a new level's header page is resident");
+        assert_eq!(g.len(), 0);
+        assert_eq!(g.pop_one(), None, "a zeroed level must read as empty");
+        g.push_items(&[1]).unwrap();
+        assert!(resident(header));
+        assert_eq!(g.pop_one(), Some(1));
+        assert_eq!(g.pop_one(), None);
     }
 
     #[test]
