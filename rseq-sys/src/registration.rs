@@ -262,16 +262,17 @@ const _: () = assert!(core::mem::align_of::<OwnArea>() == OWN_AREA_ALIGN);
 /// re-entrant caller). This is the fast path: one TLS load and a test once registered.
 #[inline]
 pub fn current() -> Option<Current> {
-    thread_block::with(|t| match NonNull::new(t.area.get()) {
+    let t = thread_block::read();
+    match NonNull::new(t.area) {
         Some(area) => Some(Current {
             area,
-            kernel_size: t.kernel_size.get(),
+            kernel_size: t.kernel_size,
             best: t.best(),
             owner: t.owner(),
             _not_send: PhantomData,
         }),
-        None => current_slow(t),
-    })
+        None => thread_block::with(current_slow),
+    }
 }
 
 #[cold]

@@ -38,27 +38,6 @@ const _: () = assert!(core::mem::size_of::<ThreadBlock>() == 16);
 const _: () = assert!(core::mem::align_of::<ThreadBlock>() == 16);
 
 impl ThreadBlock {
-    /// The index choice; call only while `area` is non-null.
-    #[inline(always)]
-    pub(crate) fn best(&self) -> crate::Index {
-        let raw = self.best.get();
-        debug_assert!(raw == crate::Index::CpuId as u8 || raw == crate::Index::MmCid as u8);
-        // SAFETY: `Index` is `repr(u8)`, and while `area` is non-null `best` holds the value of
-        // one (`set` writes it first; this thread is the only writer). A plain load, not a
-        // decode: it feeds the address of the index field on every fast path.
-        unsafe { core::mem::transmute::<u8, crate::Index>(raw) }
-    }
-
-    /// The owner; call only while `area` is non-null.
-    #[inline(always)]
-    pub(crate) fn owner(&self) -> Owner {
-        match self.owner.get() {
-            x if x == Owner::Glibc as u8 => Owner::Glibc,
-            x if x == Owner::Own as u8 => Owner::Own,
-            _ => Owner::None,
-        }
-    }
-
     /// Publishes a registration (the area last, so a non-null area implies the rest).
     pub(crate) fn set(&self, area: *mut Rseq, kernel_size: u32, best: crate::Index, owner: Owner) {
         self.kernel_size.set(kernel_size);
@@ -66,6 +45,71 @@ impl ThreadBlock {
         self.owner.set(owner as u8);
         self.area.set(area);
     }
+
+    // Unused on x86_64 glibc outside tests: there `read` is assembly.
+    #[cfg_attr(
+        all(
+            target_arch = "x86_64",
+            target_os = "linux",
+            target_env = "gnu",
+            not(rseq_sys_no_sequences)
+        ),
+        allow(dead_code)
+    )]
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            area: self.area.get(),
+            kernel_size: self.kernel_size.get(),
+            best: self.best.get(),
+            owner: self.owner.get(),
+        }
+    }
+}
+
+/// The block's contents, as [`read`] returns them.
+#[derive(Clone, Copy)]
+pub(crate) struct Snapshot {
+    /// The registered area; null while the thread has none.
+    pub(crate) area: *mut Rseq,
+    pub(crate) kernel_size: u32,
+    best: u8,
+    owner: u8,
+}
+
+impl Snapshot {
+    /// The index choice; call only when `area` is non-null.
+    #[inline(always)]
+    pub(crate) fn best(self) -> crate::Index {
+        debug_assert!(
+            self.best == crate::Index::CpuId as u8 || self.best == crate::Index::MmCid as u8
+        );
+        // SAFETY: `Index` is `repr(u8)`, and while `area` is non-null `best` holds the value of
+        // one (`set` writes it first; this thread is the only writer). A plain load, not a
+        // decode: it feeds the address of the index field on every fast path.
+        unsafe { core::mem::transmute::<u8, crate::Index>(self.best) }
+    }
+
+    /// The owner; call only when `area` is non-null.
+    #[inline(always)]
+    pub(crate) fn owner(self) -> Owner {
+        match self.owner {
+            x if x == Owner::Glibc as u8 => Owner::Glibc,
+            x if x == Owner::Own as u8 => Owner::Own,
+            _ => Owner::None,
+        }
+    }
+}
+
+/// This thread's registration, read from its block.
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu",
+    not(rseq_sys_no_sequences)
+)))]
+#[inline(always)]
+pub(crate) fn read() -> Snapshot {
+    with(ThreadBlock::snapshot)
 }
 
 /// Runs `f` on this thread's block.
@@ -115,6 +159,37 @@ mod initial_exec {
         ".zero 16",
         ".popsection",
     );
+
+    /// This thread's registration: two loads relative to %fs, at the block's offset from the
+    /// GOT. In an executable the linker turns the GOT load into an immediate, leaving the one
+    /// %fs-relative load a `thread_local!` gets.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) fn read() -> super::Snapshot {
+        let (area, rest): (usize, u64);
+        // SAFETY: loads the block's offset from the thread pointer (a GOT entry the loader or
+        // linker fills), then the block's two words through %fs (whose base is the thread
+        // pointer). Reads only memory, and nothing it reads changes unless this thread writes
+        // the block (which the compiler sees), so `pure` and `readonly`; no stack, no flags.
+        unsafe {
+            core::arch::asm!(
+                concat!("movq ", block_symbol!(), "@GOTTPOFF(%rip), {offset}"),
+                "movq %fs:({offset}), {area}",
+                "movq %fs:8({offset}), {rest}",
+                offset = out(reg) _,
+                area = out(reg) area,
+                rest = out(reg) rest,
+                options(att_syntax, pure, readonly, nostack, preserves_flags),
+            );
+        }
+        // The second word, little-endian: kernel_size, best, owner (see `ThreadBlock`).
+        super::Snapshot {
+            area: area as *mut super::Rseq,
+            kernel_size: rest as u32,
+            best: (rest >> 32) as u8,
+            owner: (rest >> 40) as u8,
+        }
+    }
 
     /// This thread's block: the thread pointer plus the block's offset from the GOT.
     #[cfg(target_arch = "x86_64")]
@@ -166,6 +241,13 @@ mod initial_exec {
     not(rseq_sys_no_sequences)
 ))]
 use initial_exec::block;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu",
+    not(rseq_sys_no_sequences)
+))]
+pub(crate) use initial_exec::read;
 
 /// This thread's block, from a `thread_local!`.
 #[cfg(not(all(
@@ -203,10 +285,23 @@ mod tests {
             let current = crate::current();
             let (block, area) =
                 super::with(|b| (core::ptr::from_ref(b) as usize, b.area.get() as usize));
+            // What the fast path reads is what the block holds, field by field.
+            let (read, held) = (super::read(), super::with(super::ThreadBlock::snapshot));
+            let fields = |s: super::Snapshot| (s.area, s.kernel_size, s.best, s.owner);
             // No thread exits (freeing its TLS for reuse) before all have looked; the checks
             // come after, so a failing one cannot leave the others waiting.
             all_alive.wait();
             assert_eq!(area, current.map_or(0, |c| c.area().as_ptr() as usize));
+            assert!(
+                fields(read) == fields(held),
+                "the fast path misreads the block"
+            );
+            if let Some(current) = current {
+                assert_eq!(read.kernel_size, current.kernel_size());
+                assert_eq!(read.best(), current.best_index());
+                assert_eq!(read.owner(), current.owner());
+                assert_ne!(read.kernel_size, 0);
+            }
             if let (Some(current), Some(tp)) = (current, crate::arch::thread_pointer())
                 && current.owner() == crate::Owner::Glibc
             {
