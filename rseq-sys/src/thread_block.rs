@@ -4,13 +4,17 @@
 //! object uses the general-dynamic TLS model: every access calls `__tls_get_addr` and walks the
 //! thread's module table (a preloaded `malloc` spent 5–6% of its time there). On glibc targets
 //! with commit sequences this block is defined in assembly in the initial-exec model instead: its
-//! address is the thread pointer plus an offset the loader writes into the GOT once. In
-//! executables the linker relaxes that to local-exec, the code a `thread_local!` gets there.
+//! offset from the thread pointer is a GOT entry the loader fills once. On x86_64 [`read`] is
+//! then two `%fs`-relative loads, and in executables, where the linker turns the GOT load into a
+//! constant, one: the code a `thread_local!` gets there. On aarch64 it adds the offset to
+//! `tpidr_el0` and loads through the sum.
 //!
-//! The price: a shared object with initial-exec TLS needs static TLS space when it is loaded.
-//! glibc keeps a surplus for exactly this (hundreds of bytes; `dlopen` fails cleanly, with
-//! "cannot allocate memory in static TLS block", only when it is spent), and this block is 16
-//! bytes. Other C libraries give no such promise, so elsewhere the block is a `thread_local!`.
+//! The price: a shared object using initial-exec TLS gets its whole TLS segment (432 bytes for
+//! `libpercpu_malloc.so`) placed in static TLS when it is loaded. glibc keeps a surplus for this
+//! (`dlopen` fails cleanly, with "cannot allocate memory in static TLS block", only when it is
+//! spent) but refuses a segment aligned beyond its own static TLS (64 bytes on x86_64), which is
+//! why our own rseq area is aligned to 64 and no more. Other C libraries promise no surplus, so
+//! elsewhere the block is a `thread_local!`.
 //!
 //! All-zero bytes are the unregistered state, so the block needs no initialiser and no
 //! destructor: `.tbss` starts zeroed in every thread.
