@@ -24,7 +24,7 @@ use core::ptr;
 use percpu::PerCpuAlloc;
 
 /// The allocator behind every exported function.
-pub static ALLOCATOR: PerCpuAlloc = PerCpuAlloc::new();
+static ALLOCATOR: PerCpuAlloc = PerCpuAlloc::new();
 
 /// What `malloc` guarantees: alignment for any fundamental type.
 const MALLOC_ALIGN: usize = 16;

@@ -195,6 +195,8 @@ impl PerCpuAlloc {
     ///
     /// # Safety
     /// `block` was returned by this allocator and not freed, or is null (then nothing happens).
+    // Inline: a C `free` built on this (percpu-malloc) would otherwise reach it through the GOT.
+    #[inline]
     pub unsafe fn free(&self, block: *mut u8) {
         let (Some(heap), Some(nonnull)) = (self.heap_of_block(), NonNull::new(block)) else {
             return;
