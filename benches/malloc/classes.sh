@@ -7,19 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-7}
-work=target/malloc-bench
-mkdir -p "$work"
-libdir=/usr/lib/$(gcc -print-multiarch)
-declare -A lib=(
-    [mimalloc]=$libdir/libmimalloc.so.2
-    [jemalloc]=$libdir/libjemalloc.so.2
-)
-for l in "${lib[@]}"; do
-    [ -e "$l" ] || { echo "missing $l: run benches/malloc/run.sh once (it installs them)" >&2; exit 1; }
-done
-cargo build --release -q -p percpu-malloc
-lib[percpu]=$PWD/target/release/libpercpu_malloc.so
-lib[glibc]=
+source benches/malloc/allocators.sh
 cc -O2 -Wall -o "$work/classes" benches/malloc/classes.c
 
 allocators=(percpu mimalloc jemalloc glibc)

@@ -10,26 +10,7 @@ cd "$(dirname "$0")/../.."
 rounds=${1:-5}
 threads=${2:-$(nproc)}
 scale=${3:-1}
-work=target/malloc-bench
-mkdir -p "$work"
-
-libdir=/usr/lib/$(gcc -print-multiarch)
-declare -A lib=(
-    [mimalloc]=$libdir/libmimalloc.so.2
-    [jemalloc]=$libdir/libjemalloc.so.2
-    [tcmalloc]=$libdir/libtcmalloc_minimal.so.4
-)
-missing=()
-[ -e "${lib[mimalloc]}" ] || missing+=(libmimalloc2.0)
-[ -e "${lib[jemalloc]}" ] || missing+=(libjemalloc2)
-[ -e "${lib[tcmalloc]}" ] || missing+=(libtcmalloc-minimal4)
-if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-cargo build --release -q -p percpu-malloc
-lib[percpu]=$PWD/target/release/libpercpu_malloc.so
-lib[glibc]=
+source benches/malloc/allocators.sh
 cc -O2 -Wall -pthread -o "$work/shapes" benches/malloc/shapes.c
 
 allocators=(glibc percpu mimalloc jemalloc tcmalloc)
