@@ -66,7 +66,10 @@ fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
 /// C's `malloc`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    allocate(size, MALLOC_ALIGN, false)
+    match ALLOCATOR.try_alloc_fast(size) {
+        Some(block) => block.as_ptr().cast(),
+        None => allocate(size, MALLOC_ALIGN, false),
+    }
 }
 
 /// # Safety

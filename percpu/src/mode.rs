@@ -77,6 +77,14 @@ pub(crate) fn rseq_path() -> Option<(Sequences, Index)> {
     Some((current.sequences()?, current.best_index()))
 }
 
+/// [`rseq_path`] for a thread already registered (`None` otherwise, with nothing done): for fast
+/// attempts whose slow path calls [`rseq_path`].
+#[inline(always)]
+pub(crate) fn rseq_path_if_registered() -> Option<(Sequences, Index)> {
+    let current = rseq_sys::current_if_registered()?;
+    Some((current.sequences()?, current.best_index()))
+}
+
 const FORCE_UNKNOWN: u8 = 0;
 const FORCE_OFF: u8 = 1;
 const FORCE_ON: u8 = 2;

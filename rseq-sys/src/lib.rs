@@ -60,8 +60,8 @@ pub use arch::HAS_SEQUENCES;
 pub use cpu::{current_cpu, current_mm_cid, current_node, possible_cpus, sched_getcpu};
 pub use fence::{FenceError, FenceMethod, fence_all_cpus, membarrier_available};
 pub use registration::{
-    Current, Owner, Status, Unavailable, UnregisterError, current, feature_align, feature_size,
-    glibc_rseq_size, kernel_size, status, unregister_current_thread,
+    Current, Owner, Status, Unavailable, UnregisterError, current, current_if_registered,
+    feature_align, feature_size, glibc_rseq_size, kernel_size, status, unregister_current_thread,
 };
 pub use seq::{
     Index, Outcome, STACK_DEPTH_MASK, STACK_LOCKED, STACK_MAX_CAPACITY, STACK_POPS_SHIFT, Sequences,

@@ -262,17 +262,25 @@ const _: () = assert!(core::mem::align_of::<OwnArea>() == OWN_AREA_ALIGN);
 /// re-entrant caller). This is the fast path: one TLS load and a test once registered.
 #[inline]
 pub fn current() -> Option<Current> {
-    let t = thread_block::read();
-    match NonNull::new(t.area) {
-        Some(area) => Some(Current {
-            area,
-            kernel_size: t.kernel_size,
-            best: t.best(),
-            owner: t.owner(),
-            _not_send: PhantomData,
-        }),
+    match current_if_registered() {
+        Some(current) => Some(current),
         None => thread_block::with(current_slow),
     }
+}
+
+/// The current thread's registration if it already has one; unlike [`current`], never
+/// registers. For fast paths that fall back to a slow path calling [`current`] anyway: with no
+/// call in it, the fast path needs no stack frame.
+#[inline]
+pub fn current_if_registered() -> Option<Current> {
+    let t = thread_block::read();
+    Some(Current {
+        area: NonNull::new(t.area)?,
+        kernel_size: t.kernel_size,
+        best: t.best(),
+        owner: t.owner(),
+        _not_send: PhantomData,
+    })
 }
 
 #[cold]

@@ -401,6 +401,33 @@ extern "C" fn foreign_first(arg: *mut libc::c_void) -> *mut libc::c_void {
     ptr::null_mut()
 }
 
+/// `current_if_registered` never registers: on a thread that has not asked yet it is `None`, and
+/// after `current` it returns that same registration. On a bare pthread, where nothing (such as
+/// an allocator built on this crate) can have asked first.
+#[test]
+fn current_if_registered_only_reports() {
+    extern "C" fn look(arg: *mut libc::c_void) -> *mut libc::c_void {
+        // SAFETY: `arg` is the array the creating thread lent us until it joins.
+        let seen = unsafe { &mut *arg.cast::<[Option<usize>; 3]>() };
+        let area = |c: Option<rseq_sys::Current>| c.map(|c| c.area().as_ptr() as usize);
+        seen[0] = area(rseq_sys::current_if_registered());
+        seen[1] = area(rseq_sys::current());
+        seen[2] = area(rseq_sys::current_if_registered());
+        ptr::null_mut()
+    }
+    let mut seen: [Option<usize>; 3] = [Some(1), None, None];
+    // SAFETY: a plain pthread running `look` on `seen`, joined before `seen` is read.
+    unsafe {
+        let mut thread: libc::pthread_t = core::mem::zeroed();
+        let arg = (&raw mut seen).cast();
+        assert_eq!(libc::pthread_create(&mut thread, ptr::null(), look, arg), 0);
+        assert_eq!(libc::pthread_join(thread, ptr::null_mut()), 0);
+    }
+    assert_eq!(seen[0], None, "reported a registration nobody asked for");
+    assert!(seen[1].is_some(), "rseq works here");
+    assert_eq!(seen[2], seen[1]);
+}
+
 // ---- rseq blocked by seccomp ----
 
 #[test]

@@ -59,7 +59,7 @@ use rseq_sys::{
 };
 
 use crate::counter::RawCounters;
-use crate::mode::{forced_fallback, rseq_path};
+use crate::mode::{forced_fallback, rseq_path, rseq_path_if_registered};
 pub(crate) use caches::CacheArena;
 use caches::Caches;
 pub(crate) use global::MAX_CHAIN;
@@ -279,6 +279,18 @@ impl RawFreeList {
         self.capacity
     }
 
+    /// The id, count word and slots of the rseq cache of the CPU (or mm_cid) this thread runs on
+    /// now; `None` past the rseq caches (no such CPU, or `PERCPU_FORCE_FALLBACK=1`).
+    #[inline(always)]
+    fn rseq_cache(&self, seq: Sequences, index: Index) -> Option<(u32, *mut usize, *mut usize)> {
+        let id = seq.current().index(index) as usize;
+        if id >= self.rseq_cpus {
+            return None;
+        }
+        let (count, slots) = self.cache(id);
+        Some((id as u32, count, slots))
+    }
+
     /// `(count, slots)` of cache `id < cpus`: the count word (depth, lock, pops: see
     /// [`rseq_sys::STACK_LOCKED`]) and the slots.
     #[inline(always)]
@@ -314,6 +326,8 @@ impl RawFreeList {
     ) -> Result<(), NonNull<u8>> {
         let item = block.as_ptr() as usize;
         if let Some((seq, index)) = rseq_path() {
+            // Spelled out, not `while let` over `rseq_cache`: LLVM lays that loop out worse, and
+            // `alloc_ab`'s pairs took 1.5× as long.
             loop {
                 let id = seq.current().index(index) as usize;
                 if id >= self.rseq_cpus {
@@ -333,6 +347,37 @@ impl RawFreeList {
             }
         }
         self.push_direct(item, backing).map_err(|()| block)
+    }
+
+    /// One attempt to push `block` into this CPU's rseq cache; `false` (nothing done) when the
+    /// thread has no sequences, the cache is full, or the attempt was aborted. For a caller
+    /// whose slow path starts over, so nothing but `block` has to outlive the attempt.
+    #[inline(always)]
+    pub(crate) fn try_push_fast(&self, block: NonNull<u8>) -> bool {
+        let Some((seq, index)) = rseq_path_if_registered() else {
+            return false;
+        };
+        let Some((id, count, slots)) = self.rseq_cache(seq, index) else {
+            return false;
+        };
+        let item = block.as_ptr() as usize;
+        // SAFETY: as in `push_backed`.
+        let outcome = unsafe { seq.stack_push(index, id, count, slots, self.capacity, item) };
+        matches!(outcome, Outcome::Committed(()))
+    }
+
+    /// One attempt to pop from this CPU's rseq cache; `None` (nothing done) when the thread has
+    /// no sequences yet, the cache is empty, or the attempt was aborted. See
+    /// [`Self::try_push_fast`].
+    #[inline(always)]
+    pub(crate) fn try_pop_fast(&self) -> Option<NonNull<u8>> {
+        let (seq, index) = rseq_path_if_registered()?;
+        let (id, count, slots) = self.rseq_cache(seq, index)?;
+        // SAFETY: as in `push_backed`.
+        match unsafe { seq.stack_pop(index, id, count, slots) } {
+            Outcome::Committed(x) => NonNull::new(x as *mut u8),
+            _ => None,
+        }
     }
 
     /// A push without rseq: into this CPU's locked cache when its try-lock is free (a full one
@@ -499,13 +544,11 @@ impl RawFreeList {
         batch[0] = item;
         let mut n = 1;
         while n < self.batch {
-            let id = seq.current().index(index) as usize;
-            if id >= self.rseq_cpus {
+            let Some((id, count, slots)) = self.rseq_cache(seq, index) else {
                 break;
-            }
-            let (count, slots) = self.cache(id);
+            };
             // SAFETY: as in `push_backed`.
-            match unsafe { seq.stack_pop(index, id as u32, count, slots) } {
+            match unsafe { seq.stack_pop(index, id, count, slots) } {
                 Outcome::Committed(x) => {
                     batch[n] = x;
                     n += 1;
@@ -574,6 +617,7 @@ impl RawFreeList {
     #[inline]
     pub(crate) fn pop_backed<B: Backing>(&self, backing: B) -> Option<NonNull<u8>> {
         if let Some((seq, index)) = rseq_path() {
+            // Spelled out: see `push_backed`.
             loop {
                 let id = seq.current().index(index) as usize;
                 if id >= self.rseq_cpus {
@@ -676,22 +720,12 @@ impl RawFreeList {
         }
         let mut unplaced = n; // batch[1..unplaced] still need a home
         while unplaced > 1 {
-            let id = seq.current().index(index) as usize;
-            if id >= self.rseq_cpus {
+            let Some((id, count, cache)) = self.rseq_cache(seq, index) else {
                 break;
-            }
-            let (count, cache) = self.cache(id);
+            };
+            let item = batch[unplaced - 1];
             // SAFETY: as in `push_backed`.
-            match unsafe {
-                seq.stack_push(
-                    index,
-                    id as u32,
-                    count,
-                    cache,
-                    self.capacity,
-                    batch[unplaced - 1],
-                )
-            } {
+            match unsafe { seq.stack_push(index, id, count, cache, self.capacity, item) } {
                 Outcome::Committed(()) => unplaced -= 1,
                 Outcome::Aborted => continue,
                 Outcome::CompareFailed => break,

@@ -147,6 +147,12 @@ impl Heap {
         }
     }
 
+    /// Class `class`'s freelist.
+    #[inline(always)]
+    pub(crate) fn class_list(&self, class: usize) -> &RawFreeList {
+        &self.class(class).list
+    }
+
     /// Frees `block`, a live block of size class `class`.
     #[inline(always)]
     pub(crate) fn free_small(&self, class: usize, block: NonNull<u8>) {

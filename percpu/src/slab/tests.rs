@@ -307,3 +307,49 @@ fn huge_requests_fail_cleanly() {
     // SAFETY: still live.
     unsafe { a.dealloc(p, layout(10, 8)) };
 }
+
+/// The fast attempt takes only a block already in this CPU's cache, counts it like any
+/// allocation, and leaves everything else (a fresh allocator, large sizes, threads without
+/// sequences) to the caller's usual path.
+#[test]
+fn the_fast_attempt_takes_only_what_the_cache_holds() {
+    let a = PerCpuAlloc::new();
+    assert!(
+        a.try_alloc_fast(64).is_none(),
+        "no heap yet, nothing to take"
+    );
+    let l = layout(64, 16);
+    // SAFETY: a valid layout; the block is freed below.
+    let first = unsafe { a.alloc(l) };
+    assert!(!first.is_null());
+    assert!(
+        a.try_alloc_fast(MAX_SMALL + 1).is_none(),
+        "large sizes have no cache"
+    );
+    // SAFETY: `first` is live; freed by address once.
+    unsafe { a.free(first) };
+    if !matches!(crate::mode(), crate::Mode::Rseq { .. }) {
+        assert!(
+            a.try_alloc_fast(64).is_none(),
+            "without sequences the fast attempt never runs"
+        );
+        return;
+    }
+    // The freed block sits in the cache of the CPU that freed it; an attempt from another CPU
+    // (after a migration) or an interrupted one finds nothing, so try a few times.
+    let before = a.stats().allocs();
+    let block = (0..1000)
+        .find_map(|_| a.try_alloc_fast(64))
+        .expect("the cached block");
+    assert_eq!(
+        a.stats().allocs(),
+        before + 1,
+        "a fast allocation is counted"
+    );
+    // SAFETY: a live block of at least 64 bytes.
+    unsafe {
+        fill(block.as_ptr(), 64, 7);
+        check(block.as_ptr(), 64, 7);
+        a.free(block.as_ptr());
+    }
+}
