@@ -5,8 +5,9 @@
 //! inline-asm commit sequences that per-CPU data structures are built from.
 //!
 //! - [`abi`]: the kernel's types and constants.
-//! - [`registration`]: per-thread registration cooperating with glibc; [`current`],
-//!   [`kernel_size`], [`status`], [`unregister_current_thread`].
+//! - [`registration`]: per-thread registration cooperating with glibc; [`current`] (and
+//!   [`current_if_registered`], which never registers), [`kernel_size`], [`status`],
+//!   [`unregister_current_thread`].
 //! - [`cpu`]: [`current_cpu`], [`current_node`], [`current_mm_cid`], [`possible_cpus`].
 //! - [`fence`]: [`fence_all_cpus`], to take per-CPU data away from in-flight sequences.
 //! - [`seq`]: [`Sequences`], one interface over the per-architecture asm (x86_64 and aarch64;
