@@ -120,7 +120,7 @@ impl PerCpuAlloc {
     /// The heap if it is initialised, without initialising it: always, for an allocator that
     /// gave out a block.
     #[inline(always)]
-    fn heap_of_block(&self) -> Option<&Heap> {
+    fn heap_if_ready(&self) -> Option<&Heap> {
         // SAFETY: as in `heap`; the Acquire load pairs with the Release that published the heap.
         unsafe { self.heap.load(Ordering::Acquire).as_ref() }
     }
@@ -138,7 +138,7 @@ impl PerCpuAlloc {
                 Ordering::Acquire,
             ) {
                 Ok(_) => break,
-                Err(READY) => return self.heap_of_block(),
+                Err(READY) => return self.heap_if_ready(),
                 Err(_) => {
                     if self.initializer.load(Ordering::Relaxed) == me {
                         return None; // Re-entered while initialising: refuse, never wait on itself.
@@ -166,7 +166,7 @@ impl PerCpuAlloc {
     /// Statistics: bytes in use per size class, bytes cached at each level, mapped and released
     /// bytes, allocation and free counts. Allocates nothing.
     pub fn stats(&self) -> AllocStats {
-        self.heap_of_block().map(Heap::stats).unwrap_or_default()
+        self.heap_if_ready().map(Heap::stats).unwrap_or_default()
     }
 
     /// Moves every free block in the per-CPU caches and the transfer level back to its slab
@@ -174,7 +174,7 @@ impl PerCpuAlloc {
     /// returns empty slabs and cached large mappings to the kernel. Returns the bytes released.
     /// Safe while other threads allocate.
     pub fn trim(&self) -> usize {
-        self.heap_of_block().map_or(0, Heap::trim)
+        self.heap_if_ready().map_or(0, Heap::trim)
     }
 
     /// Bytes usable at `block` (at least the size it was allocated with).
@@ -182,7 +182,7 @@ impl PerCpuAlloc {
     /// # Safety
     /// `block` was returned by this allocator and not freed.
     pub unsafe fn usable_size(&self, block: *const u8) -> usize {
-        let Some(heap) = self.heap_of_block() else {
+        let Some(heap) = self.heap_if_ready() else {
             return 0;
         };
         match heap.class_of_block(block) {
@@ -201,7 +201,7 @@ impl PerCpuAlloc {
         if size > MAX_SMALL {
             return None;
         }
-        self.heap_of_block()?
+        self.heap_if_ready()?
             .class_list(class_of(size))
             .try_pop_fast()
     }
@@ -215,7 +215,7 @@ impl PerCpuAlloc {
     pub unsafe fn free(&self, block: *mut u8) {
         // The common case in one attempt with no call in it (so no stack frame); anything else
         // starts over out of line.
-        let pushed = match (self.heap_of_block(), NonNull::new(block)) {
+        let pushed = match (self.heap_if_ready(), NonNull::new(block)) {
             (Some(heap), Some(nonnull)) => heap
                 .class_of_block(block)
                 .is_some_and(|class| heap.class_list(class).try_push_fast(nonnull)),
@@ -234,7 +234,7 @@ impl PerCpuAlloc {
     #[cold]
     #[inline(never)]
     unsafe fn free_slow(&self, block: *mut u8) {
-        let (Some(heap), Some(nonnull)) = (self.heap_of_block(), NonNull::new(block)) else {
+        let (Some(heap), Some(nonnull)) = (self.heap_if_ready(), NonNull::new(block)) else {
             return;
         };
         match heap.class_of_block(block) {
@@ -251,7 +251,7 @@ impl PerCpuAlloc {
     /// # Safety
     /// `block` was returned by this allocator and not freed.
     pub unsafe fn realloc_unsized(&self, block: *mut u8, new_size: usize) -> *mut u8 {
-        let Some(heap) = self.heap_of_block() else {
+        let Some(heap) = self.heap_if_ready() else {
             return ptr::null_mut();
         };
         let old_size = match heap.class_of_block(block) {
@@ -363,7 +363,7 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
 
     #[inline]
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        let Some(heap) = self.heap_of_block() else {
+        let Some(heap) = self.heap_if_ready() else {
             return;
         };
         match (
@@ -398,7 +398,7 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
     }
 
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some(heap) = self.heap_of_block() else {
+        let Some(heap) = self.heap_if_ready() else {
             return ptr::null_mut();
         };
         let old = class_for(layout.size(), layout.align());
