@@ -28,9 +28,9 @@ use crate::registration::Owner;
 #[repr(C, align(16))]
 pub(crate) struct ThreadBlock {
     /// The registered area; null while the thread has none.
-    pub(crate) area: Cell<*mut Rseq>,
+    area: Cell<*mut Rseq>,
     /// Bytes of `struct rseq` the kernel fills (0 while unregistered).
-    pub(crate) kernel_size: Cell<u32>,
+    kernel_size: Cell<u32>,
     /// `Index as u8` (the field offset), valid while `area` is non-null.
     best: Cell<u8>,
     /// `Owner as u8`, valid while `area` is non-null.

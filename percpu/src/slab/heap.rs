@@ -127,7 +127,7 @@ impl Heap {
     }
 
     #[inline(always)]
-    fn class(&self, class: usize) -> &Class {
+    pub(crate) fn class(&self, class: usize) -> &Class {
         debug_assert!(class < CLASSES);
         // SAFETY: class indices come from `class_for` or a slab descriptor, both below CLASSES.
         unsafe { self.classes.get_unchecked(class) }
@@ -145,12 +145,6 @@ impl Heap {
             Some(block) => block.as_ptr(),
             None => ptr::null_mut(),
         }
-    }
-
-    /// Class `class`'s freelist.
-    #[inline(always)]
-    pub(crate) fn class_list(&self, class: usize) -> &RawFreeList {
-        &self.class(class).list
     }
 
     /// Frees `block`, a live block of size class `class`.

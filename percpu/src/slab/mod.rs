@@ -202,7 +202,8 @@ impl PerCpuAlloc {
             return None;
         }
         self.heap_if_ready()?
-            .class_list(class_of(size))
+            .class(class_of(size))
+            .list
             .try_pop_fast()
     }
 
@@ -218,7 +219,7 @@ impl PerCpuAlloc {
         let pushed = match (self.heap_if_ready(), NonNull::new(block)) {
             (Some(heap), Some(nonnull)) => heap
                 .class_of_block(block)
-                .is_some_and(|class| heap.class_list(class).try_push_fast(nonnull)),
+                .is_some_and(|class| heap.class(class).list.try_push_fast(nonnull)),
             _ => false,
         };
         if !pushed {
