@@ -13,6 +13,13 @@
 //! - [`seq`]: [`Sequences`], one interface over the per-architecture asm (x86_64 and aarch64;
 //!   elsewhere [`HAS_SEQUENCES`] is false and [`Current::sequences`] is `None`).
 //!
+//! # Features
+//! - `initial-exec-tls` (x86_64, glibc): the registration's fast-path block in the initial-exec
+//!   TLS model, saving a shared object a call on every read. Only for executables and preloaded
+//!   libraries: a shared object built with it fails to `dlopen` when glibc's static TLS cannot
+//!   hold its thread-locals. Without it (the default) any object using this crate can be
+//!   `dlopen`ed.
+//!
 //! Nothing here aborts or panics because rseq is missing: without it, [`current`] is `None` and
 //! callers fall back to atomics. Read `../shared/rseq-abi.md` (in the project) for the ABI facts
 //! this follows.

@@ -31,8 +31,9 @@
 //! Thread-locals without destructors, so the whole thing is usable from inside a global
 //! allocator: registration allocates nothing, never panics, and guards against re-entry (glibc's
 //! `dlsym` may call `malloc`). What the fast path reads (the area, its kernel size, the index
-//! choice) is a 16-byte block of its own, in the initial-exec TLS model on glibc
-//! (`thread_block.rs`), so [`current`] is a load and a compare even in a shared library.
+//! choice) is a 16-byte block of its own, reached through a TLS descriptor on glibc
+//! (`thread_block.rs`), so [`current`] is a load and a compare in an executable, and no call to
+//! `__tls_get_addr` in a shared library.
 
 use core::cell::{Cell, UnsafeCell};
 use core::fmt;
@@ -248,8 +249,8 @@ thread_local! {
 /// fields future kernels add (the kernel fills at most `AT_RSEQ_FEATURE_SIZE` bytes).
 pub const OWN_AREA_SIZE: usize = 256;
 /// Alignment of our own area (the kernel asks for 32 before 7.0, 64 since). No more: the area is
-/// a thread-local, and glibc refuses to `dlopen` a library whose static TLS is aligned beyond its
-/// own static TLS alignment (64 on x86_64), which a library using this crate would then be.
+/// a thread-local, and glibc refuses to `dlopen` a library built with `initial-exec-tls` whose
+/// TLS is aligned beyond its static TLS alignment (64 on x86_64).
 pub const OWN_AREA_ALIGN: usize = 64;
 
 #[repr(C, align(64))]

@@ -3,18 +3,22 @@
 //! [`crate::current`] runs on every per-CPU operation. A `thread_local!` compiled into a shared
 //! object uses the general-dynamic TLS model: every access calls `__tls_get_addr` and walks the
 //! thread's module table (a preloaded `malloc` spent 5–6% of its time there). On glibc targets
-//! with commit sequences this block is defined in assembly in the initial-exec model instead: its
-//! offset from the thread pointer is a GOT entry the loader fills once. On x86_64 [`read`] is
-//! then two `%fs`-relative loads, and in executables, where the linker turns the GOT load into a
-//! constant, one: the code a `thread_local!` gets there. On aarch64 it adds the offset to
-//! `tpidr_el0` and loads through the sum.
+//! with commit sequences this block is defined in assembly and reached another way:
 //!
-//! The price: a shared object using initial-exec TLS gets its whole TLS segment (432 bytes for
-//! `libpercpu_malloc.so`) placed in static TLS when it is loaded. glibc keeps a surplus for this
-//! (`dlopen` fails cleanly, with "cannot allocate memory in static TLS block", only when it is
-//! spent) but refuses a segment aligned beyond its own static TLS (64 bytes on x86_64), which is
-//! why our own rseq area is aligned to 64 and no more. Other C libraries promise no surplus, so
-//! elsewhere the block is a `thread_local!`.
+//! - **TLS descriptors** (the default): the block's offset from the thread pointer comes from a
+//!   call through its descriptor, which the loader points at a two-instruction function when the
+//!   object sits in static TLS. In executables the linker turns the call into a constant, so
+//!   [`read`] is the one `%fs`-relative load a `thread_local!` gets there. A shared object that is
+//!   `dlopen`ed late, or whose TLS is large or aligned beyond what glibc's static TLS offers, gets
+//!   dynamic TLS instead, and still loads.
+//! - **Initial-exec** (feature `initial-exec-tls`, x86_64 only): the offset is a GOT entry the
+//!   loader fills once, so a shared object reads the block with no call. The price: the object's
+//!   whole TLS segment must fit in static TLS, so `dlopen` fails ("cannot allocate memory in
+//!   static TLS block") when glibc's small surplus is spent or the segment is aligned beyond 64
+//!   bytes. For executables and `LD_PRELOAD` libraries (`libpercpu_malloc.so`), which are never
+//!   `dlopen`ed; a test loads one built so into a running program. aarch64 always uses
+//!   descriptors, its platform default: glibc's static TLS there is aligned to 32 bytes only,
+//!   below our own rseq area's 64, so initial-exec objects could never be `dlopen`ed at all.
 //!
 //! All-zero bytes are the unregistered state, so the block needs no initialiser and no
 //! destructor: `.tbss` starts zeroed in every thread.
@@ -133,7 +137,7 @@ pub(crate) fn with<R>(f: impl FnOnce(&ThreadBlock) -> R) -> R {
     target_env = "gnu",
     not(rseq_sys_no_sequences)
 ))]
-mod initial_exec {
+mod in_assembly {
     /// The block's symbol, named after the crate's exact version. Hidden: each shared object
     /// has its own. Weak: copies of this same version in one link (a test build of this crate
     /// and the library beside it) share one block, as they share the thread's one registration;
@@ -164,26 +168,65 @@ mod initial_exec {
         ".popsection",
     );
 
-    /// This thread's registration: two loads relative to %fs, at the block's offset from the
-    /// GOT. In an executable the linker turns the GOT load into an immediate, leaving the one
-    /// %fs-relative load a `thread_local!` gets.
+    /// x86_64: `asm!` with the block's offset from the thread pointer in %rax, then the
+    /// instructions and operands given (which must name %rax).
+    ///
+    /// The offset comes from a call through the block's TLS descriptor (`leaq` and `call` in the
+    /// exact form the linker rewrites to a constant in executables). The descriptor's function
+    /// preserves every register but %rax and the flags, by its ABI; glibc before 2.40 could lose
+    /// vector registers on its dynamic path (bug 31372), so xmm0–15 are declared clobbered as
+    /// well, which costs nothing where none is live. A call pushes its return address, so no
+    /// `nostack` (this also keeps the compiler's data out of the red zone, which the dynamic
+    /// path uses).
+    #[cfg(all(target_arch = "x86_64", not(feature = "initial-exec-tls")))]
+    macro_rules! asm_with_block_offset {
+        ($($body:literal),+; $($operands:tt)*) => {
+            core::arch::asm!(
+                concat!("leaq ", block_symbol!(), "@TLSDESC(%rip), %rax"),
+                concat!("call *", block_symbol!(), "@TLSCALL(%rax)"),
+                $($body),+,
+                $($operands)*
+                out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+                out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+                out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+                out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+                options(att_syntax, pure, readonly),
+            )
+        };
+    }
+
+    /// x86_64, initial-exec: as above, the offset loaded from its GOT entry (which the linker
+    /// turns into a constant in executables). A load: no stack used.
+    #[cfg(all(target_arch = "x86_64", feature = "initial-exec-tls"))]
+    macro_rules! asm_with_block_offset {
+        ($($body:literal),+; $($operands:tt)*) => {
+            core::arch::asm!(
+                concat!("movq ", block_symbol!(), "@GOTTPOFF(%rip), %rax"),
+                $($body),+,
+                $($operands)*
+                options(att_syntax, pure, readonly, nostack),
+            )
+        };
+    }
+
+    /// This thread's registration: the block's two words, loaded relative to %fs.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(crate) fn read() -> super::Snapshot {
         let (area, rest): (usize, u64);
-        // SAFETY: loads the block's offset from the thread pointer (a GOT entry the loader or
-        // linker fills), then the block's two words through %fs (whose base is the thread
-        // pointer). Reads only memory, and nothing it reads changes unless this thread writes
-        // the block (which the compiler sees), so `pure` and `readonly`; no stack, no flags.
+        // SAFETY: finds the block's offset from the thread pointer (see
+        // `asm_with_block_offset`), then loads the block's two words through %fs, whose base is
+        // the thread pointer. Reads only memory, and nothing it reads changes unless this thread
+        // writes the block (which the compiler sees): `pure` and `readonly`. The first call in a
+        // thread of an object in dynamic TLS makes the loader allocate the object's block, which
+        // no Rust code can observe.
         unsafe {
-            core::arch::asm!(
-                concat!("movq ", block_symbol!(), "@GOTTPOFF(%rip), {offset}"),
-                "movq %fs:({offset}), {area}",
-                "movq %fs:8({offset}), {rest}",
-                offset = out(reg) _,
+            asm_with_block_offset!(
+                "movq %fs:(%rax), {area}",
+                "movq %fs:8(%rax), {rest}";
                 area = out(reg) area,
                 rest = out(reg) rest,
-                options(att_syntax, pure, readonly, nostack, preserves_flags),
+                out("rax") _,
             );
         }
         // The second word, little-endian: kernel_size, best, owner (see `ThreadBlock`).
@@ -195,43 +238,45 @@ mod initial_exec {
         }
     }
 
-    /// This thread's block: the thread pointer plus the block's offset from the GOT.
+    /// This thread's block: the thread pointer plus the block's offset from it.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) fn block() -> *mut super::ThreadBlock {
         let address: usize;
-        // SAFETY: loads the block's offset from the thread pointer (a GOT entry the loader or
-        // linker fills) and adds the thread pointer, which glibc keeps at %fs:0 (the TCB's self
-        // pointer). Reads only memory that never changes for this thread, so `pure` and
-        // `readonly` (the compiler may reuse the result); no stack; `add` writes the flags.
+        // SAFETY: finds the block's offset as in `read`, and adds the thread pointer, which
+        // glibc keeps at %fs:0 (the TCB's self pointer). The result never changes for this
+        // thread: `pure` and `readonly`.
         unsafe {
-            core::arch::asm!(
-                concat!("movq ", block_symbol!(), "@GOTTPOFF(%rip), {address}"),
-                "addq %fs:0, {address}",
-                address = out(reg) address,
-                options(att_syntax, pure, readonly, nostack),
-            );
+            asm_with_block_offset!("addq %fs:0, %rax"; out("rax") address,);
         }
         address as *mut super::ThreadBlock
     }
 
-    /// This thread's block: the thread pointer plus the block's offset from the GOT.
+    /// This thread's block: the thread pointer plus the offset the block's TLS descriptor gives.
     #[cfg(target_arch = "aarch64")]
     #[inline(always)]
     pub(super) fn block() -> *mut super::ThreadBlock {
         let address: usize;
-        // SAFETY: reads the thread pointer (`tpidr_el0`) and the block's offset from it (a GOT
-        // entry the loader or linker fills), and adds them. Reads only memory that never changes
-        // for this thread, so `pure` and `readonly`; no stack; no flags written.
+        // SAFETY: calls the block's TLS descriptor in the sequence the ABI and the linker's
+        // relaxations expect (x0 the descriptor's address, x1 its function, `.tlsdesccall` on
+        // the `blr`); the offset comes back in x0, and the thread pointer (`tpidr_el0`) is added.
+        // The function preserves every register but x0, the link register and the flags (x1 is
+        // ours); so those are clobbered, flags included. It may use the stack: no `nostack`. The
+        // result never changes for this thread: `pure` and `readonly`.
         unsafe {
             core::arch::asm!(
-                "mrs {address}, tpidr_el0",
-                concat!("adrp {offset}, :gottprel:", block_symbol!()),
-                concat!("ldr {offset}, [{offset}, #:gottprel_lo12:", block_symbol!(), "]"),
-                "add {address}, {address}, {offset}",
-                address = out(reg) address,
-                offset = out(reg) _,
-                options(pure, readonly, nostack, preserves_flags),
+                concat!("adrp x0, :tlsdesc:", block_symbol!()),
+                concat!("ldr x1, [x0, #:tlsdesc_lo12:", block_symbol!(), "]"),
+                concat!("add x0, x0, #:tlsdesc_lo12:", block_symbol!()),
+                concat!(".tlsdesccall ", block_symbol!()),
+                "blr x1",
+                "mrs {tp}, tpidr_el0",
+                "add x0, x0, {tp}",
+                tp = out(reg) _,
+                out("x0") address,
+                out("x1") _,
+                out("x30") _,
+                options(pure, readonly),
             );
         }
         address as *mut super::ThreadBlock
@@ -244,14 +289,14 @@ mod initial_exec {
     target_env = "gnu",
     not(rseq_sys_no_sequences)
 ))]
-use initial_exec::block;
+use in_assembly::block;
 #[cfg(all(
     target_arch = "x86_64",
     target_os = "linux",
     target_env = "gnu",
     not(rseq_sys_no_sequences)
 ))]
-pub(crate) use initial_exec::read;
+pub(crate) use in_assembly::read;
 
 /// This thread's block, from a `thread_local!`.
 #[cfg(not(all(
