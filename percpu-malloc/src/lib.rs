@@ -43,7 +43,10 @@ fn page_size() -> usize {
 }
 
 /// `size` bytes aligned to `align` (a power of two), or NULL with `errno = ENOMEM`.
-fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
+///
+/// `extern "C"`, so that the compiler knows it never unwinds: `malloc` then needs no landing pad
+/// around the call and makes it a tail call, with no stack frame of its own.
+extern "C" fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
     let Ok(layout) = Layout::from_size_align(size, align.max(MALLOC_ALIGN)) else {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();

@@ -324,4 +324,32 @@ impl Sequences {
         };
         Outcome::from_code(code, popped)
     }
+
+    /// [`Self::stack_pop`] reporting only its value: the popped value, or 0 when it did not
+    /// commit (empty, locked or aborted). For stacks of non-zero values whose callers start over
+    /// on any failure: without a result code to set and test, a fast path is a few instructions
+    /// shorter.
+    ///
+    /// # Safety
+    /// As for [`Self::stack_pop`].
+    #[inline(always)]
+    pub unsafe fn stack_try_pop(
+        self,
+        index: Index,
+        expected: u32,
+        count: *mut usize,
+        slots: *const usize,
+    ) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe {
+            arch::stack_try_pop(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                count,
+                slots,
+            )
+        }
+    }
 }

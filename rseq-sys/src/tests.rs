@@ -69,8 +69,25 @@ fn a_mismatched_index_aborts_without_storing() {
                 seq.stack_push(index, wrong, &mut count, slots.as_mut_ptr(), 4, 5),
                 Outcome::Aborted
             );
+            let mut spec = 3usize;
+            assert_eq!(
+                seq.compare_store_store(index, wrong, &mut word, 1, &mut spec, 4, 9),
+                Outcome::Aborted
+            );
+            assert_eq!(spec, 3);
         }
         assert_eq!((slot, word, count), (7, 1, 0));
+        // A pop of a non-empty stack: aborted, so nothing taken (and the zero exit says so).
+        let (mut one, items) = (1usize, [5usize; 4]);
+        // SAFETY: locals only this thread touches.
+        unsafe {
+            assert_eq!(
+                seq.stack_pop(index, wrong, &mut one, items.as_ptr()),
+                Outcome::Aborted
+            );
+            assert_eq!(seq.stack_try_pop(index, wrong, &mut one, items.as_ptr()), 0);
+        }
+        assert_eq!(one, 1);
     }
 }
 
@@ -198,6 +215,40 @@ fn stack_push_and_pop_respect_capacity_and_order() {
         });
         assert_eq!(r, Outcome::Committed(77));
         assert_eq!(count, (CAP + 1) << crate::STACK_POPS_SHIFT);
+    }
+}
+
+/// One `stack_try_pop` per call of `op`'s retry loop: the value, or 0 once the stack is empty
+/// (an abort, which also gives 0, is retried while items remain).
+fn try_pop_until_empty(index: Index, count: &mut usize, slots: &[usize]) -> usize {
+    loop {
+        let seq = sequences();
+        let expected = seq.current().index(index);
+        // SAFETY: locals only this thread touches.
+        let popped = unsafe { seq.stack_try_pop(index, expected, count, slots.as_ptr()) };
+        if popped != 0 || *count & crate::STACK_DEPTH_MASK == 0 {
+            return popped;
+        }
+    }
+}
+
+#[test]
+fn stack_try_pop_returns_the_value_or_zero() {
+    for index in indexes() {
+        let mut count = 0usize;
+        let mut slots = [0usize; 4];
+        for value in [10, 20] {
+            // SAFETY: locals only this thread touches.
+            let r = retry(index, |s, e| unsafe {
+                s.stack_push(index, e, &mut count, slots.as_mut_ptr(), 4, value)
+            });
+            assert_eq!(r, Outcome::Committed(()));
+        }
+        assert_eq!(try_pop_until_empty(index, &mut count, &slots), 20);
+        assert_eq!(try_pop_until_empty(index, &mut count, &slots), 10);
+        assert_eq!(try_pop_until_empty(index, &mut count, &slots), 0);
+        // Each committed pop counted once, in the same word, and the depth back to 0.
+        assert_eq!(count, 2 << crate::STACK_POPS_SHIFT);
     }
 }
 
@@ -367,6 +418,15 @@ fn a_locked_stack_reads_as_full_and_empty() {
             (pushed, popped),
             (Outcome::CompareFailed, Outcome::CompareFailed)
         );
+        let zero = retry(index, |s, e| {
+            // SAFETY: as above.
+            let popped = unsafe { s.stack_try_pop(index, e, &mut count, slots.as_ptr()) };
+            match popped {
+                0 if s.current().index(index) != e => Outcome::Aborted,
+                popped => Outcome::Committed(popped),
+            }
+        });
+        assert_eq!(zero, Outcome::Committed(0), "a locked stack gives nothing");
         assert_eq!(
             (count, slots),
             (

@@ -373,11 +373,8 @@ impl RawFreeList {
     pub(crate) fn try_pop_fast(&self) -> Option<NonNull<u8>> {
         let (seq, index) = rseq_path_if_registered()?;
         let (id, count, slots) = self.rseq_cache(seq, index)?;
-        // SAFETY: as in `push_backed`.
-        match unsafe { seq.stack_pop(index, id, count, slots) } {
-            Outcome::Committed(x) => NonNull::new(x as *mut u8),
-            _ => None,
-        }
+        // SAFETY: as in `push_backed`; items are never 0.
+        NonNull::new(unsafe { seq.stack_try_pop(index, id, count, slots) } as *mut u8)
     }
 
     /// A push without rseq: into this CPU's locked cache when its try-lock is free (a full one

@@ -161,11 +161,7 @@ impl Heap {
     /// The size class of `block` when it is a slab block; `None` for large blocks.
     #[inline]
     pub(crate) fn class_of_block(&self, block: *const u8) -> Option<usize> {
-        let class = self
-            .pages
-            .lookup(block as usize)?
-            .class
-            .load(core::sync::atomic::Ordering::Relaxed);
+        let class = self.pages.class_word(block as usize);
         (class != 0).then(|| class as usize - 1)
     }
 

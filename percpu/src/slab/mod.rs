@@ -228,13 +228,15 @@ impl PerCpuAlloc {
         }
     }
 
-    /// [`Self::free`] after its fast attempt did nothing.
+    /// [`Self::free`] after its fast attempt did nothing. `extern "C"`, so that the compiler
+    /// knows it never unwinds: a C `free` built on [`Self::free`] then needs no landing pad and
+    /// ends in a tail call, with no stack frame of its own.
     ///
     /// # Safety
     /// As for [`Self::free`].
     #[cold]
     #[inline(never)]
-    unsafe fn free_slow(&self, block: *mut u8) {
+    unsafe extern "C" fn free_slow(&self, block: *mut u8) {
         let (Some(heap), Some(nonnull)) = (self.heap_if_ready(), NonNull::new(block)) else {
             return;
         };

@@ -134,6 +134,24 @@ impl PageHeap {
         slab.mapped.load(Ordering::Relaxed).then_some(slab)
     }
 
+    /// The class word (class + 1, or 0) of the slab holding `address`; 0 where the heap never
+    /// mapped a slab. `lookup` without its `mapped` test: a descriptor in a published leaf is
+    /// zeroed until its slab serves a class, which only mapped slabs do.
+    #[inline]
+    pub(crate) fn class_word(&self, address: usize) -> u32 {
+        let top = address >> (SLAB_SHIFT + LEAF_BITS);
+        let Some(leaf) = self.top().get(top) else {
+            return 0;
+        };
+        let leaf = leaf.load(Ordering::Acquire);
+        if leaf.is_null() {
+            return 0;
+        }
+        // SAFETY: as in `lookup`.
+        let slab = unsafe { &*leaf.add((address >> SLAB_SHIFT) & (LEAF_SLABS - 1)) };
+        slab.class.load(Ordering::Relaxed)
+    }
+
     /// A slab for a size class: a resident empty one, else a released one, else a new chunk's.
     pub(crate) fn take(&self) -> Option<&Slab> {
         let _guard = self.lock.lock();
@@ -274,5 +292,45 @@ impl Drop for PageHeap {
             // SAFETY: the leaf was mapped with this length and nothing refers to it any more.
             unsafe { libc::munmap(leaf.cast(), LEAF_SLABS * core::mem::size_of::<Slab>()) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `class_word` skips `lookup`'s `mapped` test: that is sound only while every descriptor
+    /// of a slab that serves no class (mapped or not) reads 0, and the one that serves a class
+    /// reads its word, at any address inside it.
+    #[test]
+    fn only_a_slab_serving_a_class_has_a_class_word() {
+        let pages = PageHeap::new().expect("memory");
+        let slab = pages.take().expect("memory");
+        let base = slab.base.load(Ordering::Relaxed);
+        assert_eq!(
+            pages.class_word(base),
+            0,
+            "a taken slab serves no class yet"
+        );
+        slab.class.store(7, Ordering::Relaxed);
+        for offset in [0, 64, SLAB_SIZE - 1] {
+            assert_eq!(pages.class_word(base + offset), 7);
+        }
+        // Every other slab of the leaf, mapped by this heap or not, and addresses in no leaf or
+        // beyond the map.
+        let leaf_start = base & !((LEAF_SLABS << SLAB_SHIFT) - 1);
+        let others = (0..LEAF_SLABS)
+            .map(|i| leaf_start + (i << SLAB_SHIFT))
+            .filter(|&address| address != base);
+        for address in others {
+            assert_eq!(pages.class_word(address), 0, "slab at {address:#x}");
+        }
+        let other_leaf = leaf_start ^ (1 << (SLAB_SHIFT + LEAF_BITS));
+        assert_eq!(pages.class_word(other_leaf), 0);
+        assert_eq!(pages.class_word(1 << ADDRESS_BITS), 0);
+        assert_eq!(pages.class_word(usize::MAX), 0);
+        // The slab goes back (and `Drop` unmaps it) serving no class, as `give` expects.
+        pages.give(slab);
+        assert_eq!(pages.class_word(base), 0);
     }
 }

@@ -1,6 +1,7 @@
 //! aarch64 commit sequences.
 //!
-//! Same shape as the x86_64 module (see there), with the arm64 details:
+//! Same shape as the x86_64 module (see there, also for the three kinds of exits: labels, codes
+//! and zero), with the arm64 details:
 //!
 //! ```text
 //!   __rseq_cs:            3: descriptor {0, 0, 4f, 5f - 4f, 6f}
@@ -9,10 +10,10 @@
 //!                       4: if *id != expected goto 6f
 //!                          body ... (a failed compare jumps to 8f)
 //!                          commit store
-//!                       5: res = COMMITTED; b 7f
-//!                       8: res = COMPARE_FAILED; b 7f
+//!                       5: (committed) b 7f
+//!                       8: compare failed
 //!                          .inst 0xd428bc00             (signature: `brk #0x45e0`)
-//!                       6: res = ABORTED
+//!                       6: aborted
 //!                       7:
 //! ```
 //!
@@ -59,8 +60,13 @@ pub(crate) fn thread_pointer() -> Option<*mut u8> {
     Some(tp)
 }
 
+/// Builds a sequence's template around its body: `compare` records `8:` as an exit point (for
+/// sequences whose compare can fail), and the exits are codes (the default), `goto` labels or
+/// `zero` (see the x86_64 module's docs).
 macro_rules! rseq_sequence {
-    (signature = $sig:literal, exit_on_compare = $exit:literal, body = [$($body:literal),* $(,)?]) => {
+    (@template signature = $sig:literal, exit_point = $exit:expr, body = [$($body:literal),* $(,)?],
+     committed = $committed:literal, compare_failed = $compare_failed:literal,
+     aborted = $aborted:literal) => {
         concat!(
             ".pushsection __rseq_cs, \"aw\"\n",
             ".balign 32\n",
@@ -82,26 +88,51 @@ macro_rules! rseq_sequence {
             "b.ne 6f\n",
             $($body, "\n",)*
             "5:\n",
-            "mov {res:w}, #0\n",
+            $committed,
             "b 7f\n",
             "8:\n",
-            "mov {res:w}, #1\n",
-            "b 7f\n",
+            $compare_failed,
             ".inst ", $sig, "\n",
             "6:\n",
-            "mov {res:w}, #2\n",
+            $aborted,
             "7:\n",
         )
     };
-    (compare, body = [$($body:literal),* $(,)?]) => {
-        rseq_sequence!(
-            signature = "0xd428bc00",
-            exit_on_compare = ".pushsection __rseq_exit_point_array, \"awR\"\n.balign 8\n.quad 4f, 8f\n.popsection\n",
-            body = [$($body),*]
-        )
+    (@exit_point) => {
+        ".pushsection __rseq_exit_point_array, \"awR\"\n.balign 8\n.quad 4f, 8f\n.popsection\n"
+    };
+    // Tests only: a sequence with another signature, which the kernel must refuse.
+    (signature = $sig:literal, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = $sig, exit_point = "", body = [$($body),*],
+            committed = "mov {res:w}, #0\n",
+            compare_failed = "mov {res:w}, #1\nb 7f\n",
+            aborted = "mov {res:w}, #2\n")
     };
     (body = [$($body:literal),* $(,)?]) => {
-        rseq_sequence!(signature = "0xd428bc00", exit_on_compare = "", body = [$($body),*])
+        rseq_sequence!(@template signature = "0xd428bc00", exit_point = "", body = [$($body),*],
+            committed = "mov {res:w}, #0\n",
+            compare_failed = "mov {res:w}, #1\nb 7f\n",
+            aborted = "mov {res:w}, #2\n")
+    };
+    (compare, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = "0xd428bc00", exit_point = rseq_sequence!(@exit_point), body = [$($body),*],
+            committed = "mov {res:w}, #0\n",
+            compare_failed = "mov {res:w}, #1\nb 7f\n",
+            aborted = "mov {res:w}, #2\n")
+    };
+    (goto, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = "0xd428bc00", exit_point = "", body = [$($body),*],
+            committed = "", compare_failed = "", aborted = "b {aborted}\n")
+    };
+    (goto, compare, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = "0xd428bc00", exit_point = rseq_sequence!(@exit_point), body = [$($body),*],
+            committed = "", compare_failed = "b {compare_failed}\n", aborted = "b {aborted}\n")
+    };
+    (zero, compare, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = "0xd428bc00", exit_point = rseq_sequence!(@exit_point), body = [$($body),*],
+            committed = "",
+            compare_failed = "mov {popped}, #0\nb 7f\n",
+            aborted = "mov {popped}, #0\n")
     };
 }
 
@@ -123,11 +154,10 @@ pub(crate) unsafe fn add(
     slot: *mut i64,
     value: i64,
 ) -> u32 {
-    let res: u32;
     // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*slot`.
     unsafe {
         asm!(
-            rseq_sequence!(body = [
+            rseq_sequence!(goto, body = [
                 "ldr {tmp}, [{slot}]",
                 "add {tmp}, {tmp}, {value}",
                 "str {tmp}, [{slot}]",
@@ -138,11 +168,11 @@ pub(crate) unsafe fn add(
             slot = in(reg) slot,
             value = in(reg) value,
             tmp = out(reg) _,
-            res = out(reg) res,
+            aborted = label { return ABORTED },
             options(nostack),
         );
     }
-    res
+    COMMITTED
 }
 
 /// # Safety
@@ -157,11 +187,10 @@ pub(crate) unsafe fn compare_store(
     expect: usize,
     new: usize,
 ) -> u32 {
-    let res: u32;
     // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*ptr`.
     unsafe {
         asm!(
-            rseq_sequence!(compare, body = [
+            rseq_sequence!(goto, compare, body = [
                 "ldr {tmp}, [{ptr}]",
                 "cmp {tmp}, {expect}",
                 "b.ne 8f",
@@ -174,11 +203,12 @@ pub(crate) unsafe fn compare_store(
             expect = in(reg) expect,
             new = in(reg) new,
             tmp = out(reg) _,
-            res = out(reg) res,
+            compare_failed = label { return COMPARE_FAILED },
+            aborted = label { return ABORTED },
             options(nostack),
         );
     }
-    res
+    COMMITTED
 }
 
 /// # Safety
@@ -234,11 +264,10 @@ pub(crate) unsafe fn compare_store_store(
     spec_value: usize,
     new: usize,
 ) -> u32 {
-    let res: u32;
     // SAFETY: caller's contract; stores are `rseq_cs`, the speculative `*spec`, the commit `*ptr`.
     unsafe {
         asm!(
-            rseq_sequence!(compare, body = [
+            rseq_sequence!(goto, compare, body = [
                 "ldr {tmp}, [{ptr}]",
                 "cmp {tmp}, {expect}",
                 "b.ne 8f",
@@ -254,11 +283,12 @@ pub(crate) unsafe fn compare_store_store(
             spec_value = in(reg) spec_value,
             new = in(reg) new,
             tmp = out(reg) _,
-            res = out(reg) res,
+            compare_failed = label { return COMPARE_FAILED },
+            aborted = label { return ABORTED },
             options(nostack),
         );
     }
-    res
+    COMMITTED
 }
 
 /// # Safety
@@ -274,13 +304,12 @@ pub(crate) unsafe fn stack_push(
     cap: usize,
     value: usize,
 ) -> u32 {
-    let res: u32;
     // SAFETY: caller's contract; the slot store is speculative, the `count` store commits.
     unsafe {
         asm!(
             // The depth is the word's low 16 bits sign-extended: a locked word (bit 15) is
             // negative, which the unsigned compare reads as full.
-            rseq_sequence!(compare, body = [
+            rseq_sequence!(goto, compare, body = [
                 "ldr {tmp}, [{count}]",
                 "sxth {depth}, {tmp:w}",
                 "cmp {depth}, {cap}",
@@ -298,11 +327,12 @@ pub(crate) unsafe fn stack_push(
             value = in(reg) value,
             tmp = out(reg) _,
             depth = out(reg) _,
-            res = out(reg) res,
+            compare_failed = label { return COMPARE_FAILED },
+            aborted = label { return ABORTED },
             options(nostack),
         );
     }
-    res
+    COMMITTED
 }
 
 /// # Safety
@@ -348,6 +378,51 @@ pub(crate) unsafe fn stack_pop(
         );
     }
     (res, popped)
+}
+
+/// [`stack_pop`] with the zero exits: the popped value, or 0 if it did not commit.
+///
+/// # Safety
+/// As for [`stack_pop`].
+#[inline(always)]
+pub(crate) unsafe fn stack_try_pop(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *const usize,
+) -> usize {
+    let popped: usize;
+    // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
+    unsafe {
+        asm!(
+            // Empty (0) or locked (negative once sign-extended) fails the signed compare.
+            // Adding 0x10000 and taking 1 counts the pop and lowers the depth (at least 1: no
+            // borrow); 0xffff is no add immediate, 16 << 12 is.
+            rseq_sequence!(zero, compare, body = [
+                "ldr {tmp}, [{count}]",
+                "sxth {depth}, {tmp:w}",
+                "cmp {depth}, #0",
+                "b.le 8f",
+                "sub {depth}, {depth}, #1",
+                "ldr {popped}, [{slots}, {depth}, lsl #3]",
+                "add {tmp}, {tmp}, #16, lsl #12",
+                "sub {tmp}, {tmp}, #1",
+                "str {tmp}, [{count}]",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = in(reg) slots,
+            popped = out(reg) popped,
+            tmp = out(reg) _,
+            depth = out(reg) _,
+            options(nostack),
+        );
+    }
+    popped
 }
 
 /// Test-only sequences that prove the abort path is real.
@@ -432,9 +507,7 @@ pub(crate) mod testing {
         unsafe {
             asm!(
                 rseq_sequence!(
-                    signature = "0xd428bc01",
-                    exit_on_compare = "",
-                    body = ["brk #0", "str {value}, [{slot}]"]
+                    signature = "0xd428bc01", body = ["brk #0", "str {value}, [{slot}]"]
                 ),
                 area = in(reg) area,
                 id = in(reg) id,

@@ -45,4 +45,5 @@ unreachable_sequences! {
     compare_store_store(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, ptr: *mut usize, expect: usize, spec: *mut usize, spec_value: usize, new: usize) -> u32;
     stack_push(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *mut usize, cap: usize, value: usize) -> u32;
     stack_pop(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *const usize) -> (u32, usize);
+    stack_try_pop(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *const usize) -> usize;
 }

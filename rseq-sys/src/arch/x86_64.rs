@@ -9,12 +9,23 @@
 //!                       4: if *id != expected goto 6f            (migrated: abort)
 //!                          body ... (a failed compare jumps to 8f, recorded as an exit point)
 //!                          commit store
-//!                       5: res = COMMITTED
+//!                       5: (committed)
 //!                       7:
-//!   __rseq_failure:       8: res = COMPARE_FAILED; jmp 7b
+//!   __rseq_failure:       8: compare failed
 //!                          ud1 with the signature as its operand
-//!                       6: res = ABORTED; jmp 7b
+//!                       6: aborted
 //! ```
+//!
+//! The exits come in three kinds, one per kind of caller:
+//! - **Labels** (`asm goto`), for sequences that return no value: `8:` and `6:` jump straight to
+//!   the caller's code for that outcome (a `label` operand), and the committed path simply runs
+//!   off the end of the block. No result register is set or tested, which the fast paths of the
+//!   allocator feel.
+//! - **Codes**, for sequences that return a value (stable `asm goto` takes no outputs): `{res}`
+//!   is set to COMMITTED at `5:`, COMPARE_FAILED at `8:` or ABORTED at `6:`, and the failure
+//!   exits jump back to `7:`.
+//! - **Zero**, for a pop whose caller only needs its value: both failures zero `{popped}` (items
+//!   are never 0) and jump back to `7:`.
 //!
 //! Only numeric local labels are used, so the block can be inlined and duplicated freely; 0 and 1
 //! are avoided because `0b`/`1b` read as binary literals in Intel syntax. Both failure exits live
@@ -60,9 +71,13 @@ pub(crate) fn thread_pointer() -> Option<*mut u8> {
     Some(tp)
 }
 
-/// Builds a sequence's template around its body; `$sig` is the signature before the abort label.
+/// Builds a sequence's template around its body: `compare` records `8:` as an exit point (for
+/// sequences whose compare can fail), and the exits are codes (the default), `goto` labels or
+/// `zero` (see the module docs).
 macro_rules! rseq_sequence {
-    (signature = $sig:literal, exit_on_compare = $exit:literal, body = [$($body:literal),* $(,)?]) => {
+    (@template signature = $sig:literal, exit_point = $exit:expr, body = [$($body:literal),* $(,)?],
+     committed = $committed:literal, compare_failed = $compare_failed:literal,
+     aborted = $aborted:literal) => {
         concat!(
             ".pushsection __rseq_cs, \"aw\"\n",
             ".balign 32\n",
@@ -82,30 +97,53 @@ macro_rules! rseq_sequence {
             "jne 6f\n",
             $($body, "\n",)*
             "5:\n",
-            "xor {res:e}, {res:e}\n",
+            $committed,
             "7:\n",
             ".pushsection __rseq_failure, \"ax\"\n",
             "8:\n",
-            "mov {res:e}, 1\n",
-            "jmp 7b\n",
+            $compare_failed,
             ".byte 0x0f, 0xb9, 0x3d\n",
             ".long ", $sig, "\n",
             "6:\n",
-            "mov {res:e}, 2\n",
-            "jmp 7b\n",
+            $aborted,
             ".popsection\n",
         )
     };
-    // Sequences whose compare can fail: record `8:` as an exit point for debuggers.
-    (compare, body = [$($body:literal),* $(,)?]) => {
-        rseq_sequence!(
-            signature = "0x53053053",
-            exit_on_compare = ".pushsection __rseq_exit_point_array, \"awR\"\n.balign 8\n.quad 4f, 8f\n.popsection\n",
-            body = [$($body),*]
-        )
+    (@exit_point) => {
+        ".pushsection __rseq_exit_point_array, \"awR\"\n.balign 8\n.quad 4f, 8f\n.popsection\n"
+    };
+    // Tests only: a sequence with another signature, which the kernel must refuse.
+    (signature = $sig:literal, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = $sig, exit_point = "", body = [$($body),*],
+            committed = "xor {res:e}, {res:e}\n",
+            compare_failed = "mov {res:e}, 1\njmp 7b\n",
+            aborted = "mov {res:e}, 2\njmp 7b\n")
     };
     (body = [$($body:literal),* $(,)?]) => {
-        rseq_sequence!(signature = "0x53053053", exit_on_compare = "", body = [$($body),*])
+        rseq_sequence!(@template signature = "0x53053053", exit_point = "", body = [$($body),*],
+            committed = "xor {res:e}, {res:e}\n",
+            compare_failed = "mov {res:e}, 1\njmp 7b\n",
+            aborted = "mov {res:e}, 2\njmp 7b\n")
+    };
+    (compare, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = "0x53053053", exit_point = rseq_sequence!(@exit_point), body = [$($body),*],
+            committed = "xor {res:e}, {res:e}\n",
+            compare_failed = "mov {res:e}, 1\njmp 7b\n",
+            aborted = "mov {res:e}, 2\njmp 7b\n")
+    };
+    (goto, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = "0x53053053", exit_point = "", body = [$($body),*],
+            committed = "", compare_failed = "", aborted = "jmp {aborted}\n")
+    };
+    (goto, compare, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = "0x53053053", exit_point = rseq_sequence!(@exit_point), body = [$($body),*],
+            committed = "", compare_failed = "jmp {compare_failed}\n", aborted = "jmp {aborted}\n")
+    };
+    (zero, compare, body = [$($body:literal),* $(,)?]) => {
+        rseq_sequence!(@template signature = "0x53053053", exit_point = rseq_sequence!(@exit_point), body = [$($body),*],
+            committed = "",
+            compare_failed = "xor {popped:e}, {popped:e}\njmp 7b\n",
+            aborted = "xor {popped:e}, {popped:e}\njmp 7b\n")
     };
 }
 
@@ -129,23 +167,22 @@ pub(crate) unsafe fn add(
     slot: *mut i64,
     value: i64,
 ) -> u32 {
-    let res: u32;
     // SAFETY: caller's contract; the block only writes `rseq_cs` and `*slot` (the commit, one
     // `add` instruction, so it is either wholly done or not at all).
     unsafe {
         asm!(
-            rseq_sequence!(body = ["add qword ptr [{slot}], {value}"]),
+            rseq_sequence!(goto, body = ["add qword ptr [{slot}], {value}"]),
             area = in(reg) area,
             id = in(reg) id,
             expected = in(reg) expected,
             slot = in(reg) slot,
             value = in(reg) value,
             tmp = out(reg) _,
-            res = out(reg) res,
+            aborted = label { return ABORTED },
             options(nostack),
         );
     }
-    res
+    COMMITTED
 }
 
 /// # Safety
@@ -160,11 +197,10 @@ pub(crate) unsafe fn compare_store(
     expect: usize,
     new: usize,
 ) -> u32 {
-    let res: u32;
     // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*ptr`.
     unsafe {
         asm!(
-            rseq_sequence!(compare, body = [
+            rseq_sequence!(goto, compare, body = [
                 "cmp qword ptr [{ptr}], {expect}",
                 "jne 8f",
                 "mov qword ptr [{ptr}], {new}",
@@ -176,11 +212,12 @@ pub(crate) unsafe fn compare_store(
             expect = in(reg) expect,
             new = in(reg) new,
             tmp = out(reg) _,
-            res = out(reg) res,
+            compare_failed = label { return COMPARE_FAILED },
+            aborted = label { return ABORTED },
             options(nostack),
         );
     }
-    res
+    COMMITTED
 }
 
 /// # Safety
@@ -236,11 +273,10 @@ pub(crate) unsafe fn compare_store_store(
     spec_value: usize,
     new: usize,
 ) -> u32 {
-    let res: u32;
     // SAFETY: caller's contract; stores are `rseq_cs`, the speculative `*spec`, the commit `*ptr`.
     unsafe {
         asm!(
-            rseq_sequence!(compare, body = [
+            rseq_sequence!(goto, compare, body = [
                 "cmp qword ptr [{ptr}], {expect}",
                 "jne 8f",
                 "mov qword ptr [{spec}], {spec_value}",
@@ -255,11 +291,12 @@ pub(crate) unsafe fn compare_store_store(
             spec_value = in(reg) spec_value,
             new = in(reg) new,
             tmp = out(reg) _,
-            res = out(reg) res,
+            compare_failed = label { return COMPARE_FAILED },
+            aborted = label { return ABORTED },
             options(nostack),
         );
     }
-    res
+    COMMITTED
 }
 
 /// # Safety
@@ -275,14 +312,13 @@ pub(crate) unsafe fn stack_push(
     cap: usize,
     value: usize,
 ) -> u32 {
-    let res: u32;
     // SAFETY: caller's contract; the slot store is speculative (invisible until `count` grows),
     // the `count` store commits.
     unsafe {
         asm!(
             // The depth is the word's low 16 bits sign-extended: a locked word (bit 15) is
             // negative, which the unsigned compare reads as full.
-            rseq_sequence!(compare, body = [
+            rseq_sequence!(goto, compare, body = [
                 "mov {tmp}, qword ptr [{count}]",
                 "movsx {depth}, {tmp:x}",
                 "cmp {depth}, {cap}",
@@ -300,11 +336,12 @@ pub(crate) unsafe fn stack_push(
             value = in(reg) value,
             tmp = out(reg) _,
             depth = out(reg) _,
-            res = out(reg) res,
+            compare_failed = label { return COMPARE_FAILED },
+            aborted = label { return ABORTED },
             options(nostack),
         );
     }
-    res
+    COMMITTED
 }
 
 /// # Safety
@@ -347,6 +384,48 @@ pub(crate) unsafe fn stack_pop(
         );
     }
     (res, popped)
+}
+
+/// [`stack_pop`] with the zero exits: the popped value, or 0 if it did not commit.
+///
+/// # Safety
+/// As for [`stack_pop`].
+#[inline(always)]
+pub(crate) unsafe fn stack_try_pop(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *const usize,
+) -> usize {
+    let popped: usize;
+    // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
+    unsafe {
+        asm!(
+            // Empty (0) or locked (negative once sign-extended) fails the signed test. Adding
+            // 0xffff takes one from the depth (at least 1: no borrow) and adds one to the pops.
+            rseq_sequence!(zero, compare, body = [
+                "mov {tmp}, qword ptr [{count}]",
+                "movsx {depth}, {tmp:x}",
+                "test {depth}, {depth}",
+                "jle 8f",
+                "mov {popped}, qword ptr [{slots} + {depth} * 8 - 8]",
+                "add {tmp}, 0xffff",
+                "mov qword ptr [{count}], {tmp}",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = in(reg) slots,
+            popped = out(reg) popped,
+            tmp = out(reg) _,
+            depth = out(reg) _,
+            options(nostack),
+        );
+    }
+    popped
 }
 
 /// Test-only sequences that prove the abort path is real.
@@ -433,9 +512,7 @@ pub(crate) mod testing {
         unsafe {
             asm!(
                 rseq_sequence!(
-                    signature = "0x53053054",
-                    exit_on_compare = "",
-                    body = ["int3", "mov qword ptr [{slot}], {value}"]
+                    signature = "0x53053054", body = ["int3", "mov qword ptr [{slot}], {value}"]
                 ),
                 area = in(reg) area,
                 id = in(reg) id,
