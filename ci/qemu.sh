@@ -3,7 +3,8 @@
 #   aarch64 (qemu-system-aarch64, the aarch64 sequences for real) and
 #   x86_64  (qemu-system-x86_64, a pre-6.3 kernel: no AT_RSEQ_FEATURE_SIZE, feature size 20).
 # Both with 2 vCPUs under TCG (KVM hangs the guest on these machines). Test binaries are static
-# (glibc 2.36 inside registers rseq itself), started by a tiny /init (ci/qemu-init.rs).
+# (glibc 2.36 inside registers rseq itself), started by a tiny /init (ci/qemu-init.rs); one more,
+# dynamically linked with its libraries, loads rseq-sys with dlopen (rseq-sys/tests/dlopen-host.c).
 #
 # Everything comes from Debian's packages, installed when missing. Exits non-zero when a test
 # fails or a VM does not finish within QEMU_TIMEOUT seconds; the console output is printed.
@@ -76,6 +77,26 @@ for line in sys.stdin:
         names.append(name)
 open(os.path.join(dest, "list"), "w").write("".join(n + "\n" for n in sorted(names)))
 ' "$dir/tests" || { cat "$work/build-$target.log" >&2; exit 1; }
+    # rseq-sys in an object loaded with dlopen (tests/dlopen.rs does this on the host): the probe
+    # and a C program that loads it, dynamically linked, with the loader and libraries they need.
+    local cc=cc libs=/lib/x86_64-linux-gnu
+    if [ "$target" = aarch64-unknown-linux-gnu ]; then
+        cc=aarch64-linux-gnu-gcc
+        libs=/usr/aarch64-linux-gnu/lib
+    fi
+    env "${env[@]}" RUSTFLAGS= cargo build --release --locked --target "$target" \
+        --manifest-path rseq-sys/tests/dlopen-probe/Cargo.toml --target-dir "$work/probe-$target" \
+        2>>"$work/build-$target.log" || { cat "$work/build-$target.log" >&2; exit 1; }
+    cp "$work/probe-$target/$target/release/librseq_sys_dlopen_probe.so" "$dir/tests/"
+    "$cc" -O2 -Wall -pthread -o "$dir/tests/dlopen-host" rseq-sys/tests/dlopen-host.c -ldl
+    echo "dlopen-host /tests/librseq_sys_dlopen_probe.so" >>"$dir/tests/list"
+    local interp
+    interp=$(readelf -lW "$dir/tests/dlopen-host" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
+    mkdir -p "$dir/lib" "$dir$(dirname "$interp")"
+    cp -L "$libs/$(basename "$interp")" "$dir$interp"
+    for lib in libc.so.6 libgcc_s.so.1; do
+        cp -L "$libs/$lib" "$dir/lib/"
+    done
     local linker=()
     [ "$target" = aarch64-unknown-linux-gnu ] && linker=(-C linker=aarch64-linux-gnu-gcc)
     "$rustc" --edition 2021 -O --target "$target" -C target-feature=+crt-static "${linker[@]}" \
