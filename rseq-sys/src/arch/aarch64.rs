@@ -335,6 +335,27 @@ pub(crate) unsafe fn stack_push(
     COMMITTED
 }
 
+/// The pop shared by [`stack_pop`] (code exits) and [`stack_try_pop`] (`zero` exits).
+///
+/// Empty (0) or locked (negative once sign-extended) fails the signed compare.
+/// Adding 0x10000 and taking 1 counts the pop and lowers the depth (at least 1: no
+/// borrow); 0xffff is no add immediate, 16 << 12 is.
+macro_rules! stack_pop_sequence {
+    ($($exits:ident)?) => {
+        rseq_sequence!($($exits,)? compare, body = [
+            "ldr {tmp}, [{count}]",
+            "sxth {depth}, {tmp:w}",
+            "cmp {depth}, #0",
+            "b.le 8f",
+            "sub {depth}, {depth}, #1",
+            "ldr {popped}, [{slots}, {depth}, lsl #3]",
+            "add {tmp}, {tmp}, #16, lsl #12",
+            "sub {tmp}, {tmp}, #1",
+            "str {tmp}, [{count}]",
+        ])
+    };
+}
+
 /// # Safety
 /// As for [`add`], for `count` and `slots[..*count]`.
 #[inline(always)]
@@ -351,20 +372,7 @@ pub(crate) unsafe fn stack_pop(
     // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
     unsafe {
         asm!(
-            // Empty (0) or locked (negative once sign-extended) fails the signed compare.
-            // Adding 0x10000 and taking 1 counts the pop and lowers the depth (at least 1: no
-            // borrow); 0xffff is no add immediate, 16 << 12 is.
-            rseq_sequence!(compare, body = [
-                "ldr {tmp}, [{count}]",
-                "sxth {depth}, {tmp:w}",
-                "cmp {depth}, #0",
-                "b.le 8f",
-                "sub {depth}, {depth}, #1",
-                "ldr {popped}, [{slots}, {depth}, lsl #3]",
-                "add {tmp}, {tmp}, #16, lsl #12",
-                "sub {tmp}, {tmp}, #1",
-                "str {tmp}, [{count}]",
-            ]),
+            stack_pop_sequence!(),
             area = in(reg) area,
             id = in(reg) id,
             expected = in(reg) expected,
@@ -397,20 +405,7 @@ pub(crate) unsafe fn stack_try_pop(
     // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
     unsafe {
         asm!(
-            // Empty (0) or locked (negative once sign-extended) fails the signed compare.
-            // Adding 0x10000 and taking 1 counts the pop and lowers the depth (at least 1: no
-            // borrow); 0xffff is no add immediate, 16 << 12 is.
-            rseq_sequence!(zero, compare, body = [
-                "ldr {tmp}, [{count}]",
-                "sxth {depth}, {tmp:w}",
-                "cmp {depth}, #0",
-                "b.le 8f",
-                "sub {depth}, {depth}, #1",
-                "ldr {popped}, [{slots}, {depth}, lsl #3]",
-                "add {tmp}, {tmp}, #16, lsl #12",
-                "sub {tmp}, {tmp}, #1",
-                "str {tmp}, [{count}]",
-            ]),
+            stack_pop_sequence!(zero),
             area = in(reg) area,
             id = in(reg) id,
             expected = in(reg) expected,

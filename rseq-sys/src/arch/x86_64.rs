@@ -344,6 +344,24 @@ pub(crate) unsafe fn stack_push(
     COMMITTED
 }
 
+/// The pop shared by [`stack_pop`] (code exits) and [`stack_try_pop`] (`zero` exits).
+///
+/// Empty (0) or locked (negative once sign-extended) fails the signed test. Adding
+/// 0xffff takes one from the depth (at least 1: no borrow) and adds one to the pops.
+macro_rules! stack_pop_sequence {
+    ($($exits:ident)?) => {
+        rseq_sequence!($($exits,)? compare, body = [
+            "mov {tmp}, qword ptr [{count}]",
+            "movsx {depth}, {tmp:x}",
+            "test {depth}, {depth}",
+            "jle 8f",
+            "mov {popped}, qword ptr [{slots} + {depth} * 8 - 8]",
+            "add {tmp}, 0xffff",
+            "mov qword ptr [{count}], {tmp}",
+        ])
+    };
+}
+
 /// # Safety
 /// As for [`add`], for `count` and `slots[..*count]`.
 #[inline(always)]
@@ -360,17 +378,7 @@ pub(crate) unsafe fn stack_pop(
     // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
     unsafe {
         asm!(
-            // Empty (0) or locked (negative once sign-extended) fails the signed test. Adding
-            // 0xffff takes one from the depth (at least 1: no borrow) and adds one to the pops.
-            rseq_sequence!(compare, body = [
-                "mov {tmp}, qword ptr [{count}]",
-                "movsx {depth}, {tmp:x}",
-                "test {depth}, {depth}",
-                "jle 8f",
-                "mov {popped}, qword ptr [{slots} + {depth} * 8 - 8]",
-                "add {tmp}, 0xffff",
-                "mov qword ptr [{count}], {tmp}",
-            ]),
+            stack_pop_sequence!(),
             area = in(reg) area,
             id = in(reg) id,
             expected = in(reg) expected,
@@ -403,17 +411,7 @@ pub(crate) unsafe fn stack_try_pop(
     // SAFETY: caller's contract; the only stores are `rseq_cs` and the commit to `*count`.
     unsafe {
         asm!(
-            // Empty (0) or locked (negative once sign-extended) fails the signed test. Adding
-            // 0xffff takes one from the depth (at least 1: no borrow) and adds one to the pops.
-            rseq_sequence!(zero, compare, body = [
-                "mov {tmp}, qword ptr [{count}]",
-                "movsx {depth}, {tmp:x}",
-                "test {depth}, {depth}",
-                "jle 8f",
-                "mov {popped}, qword ptr [{slots} + {depth} * 8 - 8]",
-                "add {tmp}, 0xffff",
-                "mov qword ptr [{count}], {tmp}",
-            ]),
+            stack_pop_sequence!(zero),
             area = in(reg) area,
             id = in(reg) id,
             expected = in(reg) expected,
