@@ -60,6 +60,26 @@ fn build_probe(label: &str, features: &[&str]) -> PathBuf {
     target_dir.join("debug/librseq_sys_dlopen_probe.so")
 }
 
+/// The version of `name` that a `Cargo.lock` pins.
+fn locked_version(lock: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(lock).expect("read Cargo.lock");
+    let entry = format!("name = \"{name}\"\nversion = \"");
+    let start = text.find(&entry).expect("package in Cargo.lock") + entry.len();
+    text[start..].split('"').next().unwrap().to_string()
+}
+
+/// The probe builds `--offline`, from what the workspace's build already fetched: its lock file
+/// must pin the workspace's `libc`.
+#[test]
+fn the_probe_locks_the_workspaces_libc() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert_eq!(
+        locked_version(&crate_dir.join("tests/dlopen-probe/Cargo.lock"), "libc"),
+        locked_version(&crate_dir.join("../Cargo.lock"), "libc"),
+        "update rseq-sys/tests/dlopen-probe/Cargo.lock (cargo update -p libc --manifest-path ...)"
+    );
+}
+
 /// `dlopen`s `path`: its `rseq_sys_probe`, or glibc's message.
 fn load(path: &Path) -> Result<ProbeFn, String> {
     let path = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
