@@ -271,6 +271,16 @@ impl PerCpuAlloc {
                 heap.large.usable_size(block)
             }
         };
+        // Most moves take a cached block, as C's `malloc` does: one attempt first.
+        if let Some(moved) = self.try_alloc_fast(new_size) {
+            // SAFETY: both blocks are live and disjoint; `moved` holds `new_size` bytes, `block`
+            // `old_size`; then `block` goes, by its address alone.
+            unsafe {
+                ptr::copy_nonoverlapping(block, moved.as_ptr(), old_size.min(new_size));
+                self.free(block);
+            }
+            return moved.as_ptr();
+        }
         let Ok(layout) = Layout::from_size_align(new_size, 16) else {
             return ptr::null_mut();
         };

@@ -169,6 +169,82 @@ fn realloc_stays_in_place_within_a_class_and_keeps_contents_across_levels() {
     assert_eq!(a.stats().in_use_bytes(), 0);
 }
 
+/// C's `realloc` by address: the kept prefix survives growing and shrinking moves (through the
+/// fast attempt once the target class has cached blocks, else the usual way), and no move writes
+/// past its new block (neighbours keep their patterns).
+#[test]
+fn realloc_by_address_keeps_the_prefix_and_nothing_else() {
+    let a = PerCpuAlloc::new();
+    let sizes = [24, 300, 40, 1000, 16, 700, 130, 64];
+    // Warm every class involved, so that later moves find cached blocks.
+    for &size in &sizes {
+        // SAFETY: a valid layout; freed at once by address.
+        unsafe { a.free(a.alloc(layout(size, 16))) };
+    }
+    let mut live: Vec<(*mut u8, usize, u8)> = Vec::new();
+    for round in 0..200u8 {
+        let mut size = sizes[round as usize % sizes.len()];
+        // SAFETY: a valid layout.
+        let mut p = unsafe { a.alloc(layout(size, 16)) };
+        // SAFETY: `size` bytes.
+        unsafe { fill(p, size, round) };
+        for step in 1..sizes.len() {
+            let next = sizes[(round as usize + step) % sizes.len()];
+            // SAFETY: `p` is live; C's contract.
+            let q = unsafe { a.realloc_unsized(p, next) };
+            assert!(!q.is_null());
+            // SAFETY: the kept prefix, then the whole new block.
+            unsafe {
+                check(q, size.min(next), round);
+                fill(q, next, round);
+            }
+            (p, size) = (q, next);
+        }
+        live.push((p, size, round));
+    }
+    // A shrinking move into a cached block between live neighbours: blocks carved in a row,
+    // every other one freed into the cache, the first of them last, so that the cache hands it
+    // back with live blocks on both sides.
+    let row: Vec<*mut u8> = (0..64)
+        // SAFETY: a valid layout.
+        .map(|_| unsafe { a.alloc(layout(40, 16)) })
+        .collect();
+    for (i, &p) in row.iter().enumerate().rev() {
+        // SAFETY: live, 40 bytes.
+        unsafe {
+            if i % 2 == 1 {
+                a.free(p);
+            } else {
+                fill(p, 40, i as u8);
+            }
+        }
+    }
+    // SAFETY: a valid layout; then C's contract.
+    let big = unsafe { a.alloc(layout(1000, 16)) };
+    // SAFETY: 1000 bytes.
+    unsafe { fill(big, 1000, 9) };
+    // SAFETY: `big` is live.
+    let small = unsafe { a.realloc_unsized(big, 40) };
+    // SAFETY: the kept prefix.
+    unsafe { check(small, 40, 9) };
+    live.push((small, 40, 9));
+    for (i, &p) in row.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        // SAFETY: live, 40 bytes.
+        unsafe {
+            check(p, 40, i as u8);
+            a.free(p);
+        }
+    }
+    for (p, size, round) in live {
+        // SAFETY: live, `size` bytes, never written by anyone else.
+        unsafe {
+            check(p, size, round);
+            a.free(p);
+        }
+    }
+    assert_eq!(a.stats().in_use_bytes(), 0);
+}
+
 #[test]
 fn large_realloc_remaps_without_copying_when_it_can() {
     let a = PerCpuAlloc::new();
