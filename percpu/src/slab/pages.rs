@@ -119,10 +119,10 @@ impl PageHeap {
         unsafe { core::slice::from_raw_parts(self.top.as_ptr().cast(), TOP_ENTRIES) }
     }
 
-    /// The descriptor of the slab holding `address`, if the heap ever mapped one there. Lock-free:
-    /// leaves are published with Release before any of their slabs is handed out.
-    #[inline]
-    pub(crate) fn lookup(&self, address: usize) -> Option<&Slab> {
+    /// The descriptor of the slab holding `address`, mapped or not, if its leaf is published.
+    /// Lock-free: leaves are published with Release before any of their slabs is handed out.
+    #[inline(always)]
+    fn descriptor(&self, address: usize) -> Option<&Slab> {
         let top = address >> (SLAB_SHIFT + LEAF_BITS);
         let leaf = self.top().get(top)?.load(Ordering::Acquire);
         if leaf.is_null() {
@@ -130,8 +130,14 @@ impl PageHeap {
         }
         // SAFETY: a published leaf holds LEAF_SLABS descriptors and stays mapped while the heap
         // lives; the index is masked below LEAF_SLABS.
-        let slab = unsafe { &*leaf.add((address >> SLAB_SHIFT) & (LEAF_SLABS - 1)) };
-        slab.mapped.load(Ordering::Relaxed).then_some(slab)
+        Some(unsafe { &*leaf.add((address >> SLAB_SHIFT) & (LEAF_SLABS - 1)) })
+    }
+
+    /// The descriptor of the slab holding `address`, if the heap ever mapped one there.
+    #[inline]
+    pub(crate) fn lookup(&self, address: usize) -> Option<&Slab> {
+        self.descriptor(address)
+            .filter(|slab| slab.mapped.load(Ordering::Relaxed))
     }
 
     /// The class word (class + 1, or 0) of the slab holding `address`; 0 where the heap never
@@ -139,17 +145,8 @@ impl PageHeap {
     /// zeroed until its slab serves a class, which only mapped slabs do.
     #[inline]
     pub(crate) fn class_word(&self, address: usize) -> u32 {
-        let top = address >> (SLAB_SHIFT + LEAF_BITS);
-        let Some(leaf) = self.top().get(top) else {
-            return 0;
-        };
-        let leaf = leaf.load(Ordering::Acquire);
-        if leaf.is_null() {
-            return 0;
-        }
-        // SAFETY: as in `lookup`.
-        let slab = unsafe { &*leaf.add((address >> SLAB_SHIFT) & (LEAF_SLABS - 1)) };
-        slab.class.load(Ordering::Relaxed)
+        self.descriptor(address)
+            .map_or(0, |slab| slab.class.load(Ordering::Relaxed))
     }
 
     /// A slab for a size class: a resident empty one, else a released one, else a new chunk's.
