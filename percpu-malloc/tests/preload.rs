@@ -127,10 +127,16 @@ fn sort_a_large_generated_file() {
     same_output("sort", &["--parallel=4", "-S", "64M"], &input);
 }
 
-/// Compiles `tests/NAME.c` into a temporary binary (removed when the guard drops).
+/// Compiles `tests/NAME.c` into a temporary binary (removed when the guard drops), named for
+/// this process and call, since tests that compile the same program run at once.
 fn compile(name: &str) -> TempBinary {
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/{name}.c"));
-    let binary = std::env::temp_dir().join(format!("percpu-malloc-{name}-{}", std::process::id()));
+    let binary = std::env::temp_dir().join(format!(
+        "percpu-malloc-{name}-{}-{build}",
+        std::process::id()
+    ));
     let status = Command::new("cc")
         .args([
             "-O2",
@@ -160,6 +166,39 @@ impl Drop for TempBinary {
 fn the_c_stress_program() {
     let binary = compile("stress");
     same_output(binary.0.to_str().unwrap(), &[], b"");
+}
+
+/// Under a finite `RLIMIT_AS` the allocator reserves no 1 GiB class map, and `free` finds each
+/// block's class through the slab descriptors instead: the same program must print the same.
+#[test]
+fn the_c_stress_program_where_address_space_is_limited() {
+    use std::os::unix::process::CommandExt;
+
+    let binary = compile("stress");
+    let plain = run(binary.0.to_str().unwrap(), &[], b"", false, &[]);
+    let mut cmd = Command::new(&binary.0);
+    cmd.env("LD_PRELOAD", library())
+        .env("PERCPU_MALLOC_STATS", "1");
+    // SAFETY: the closure runs in the child between fork and exec and only calls setrlimit,
+    // which is async-signal-safe. 1 TiB: finite, yet no limit on what the program needs.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 40,
+                rlim_max: 1 << 40,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    };
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stderr}", out.status);
+    assert!(out.stdout == plain, "the output differs from a plain run");
+    assert!(stderr.contains("class map: none"), "{stderr}");
 }
 
 /// The library keeps each thread's registration in initial-exec TLS. `dlopen` must still load
@@ -198,6 +237,10 @@ fn statistics_at_exit_when_asked() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("percpu-malloc statistics:"), "{stderr}");
     assert!(stderr.contains("total:"), "{stderr}");
+    assert!(
+        stderr.contains("class map: 1.0 GiB of address space reserved"),
+        "{stderr}"
+    );
     // And nothing without the variable.
     let quiet = Command::new("sh")
         .args(["-c", "echo hello | cat"])

@@ -46,7 +46,7 @@ impl Central {
                 Some(slab) => slab,
                 None => match pages.take() {
                     Some(slab) => {
-                        slab.class.store(self.class + 1, Ordering::Relaxed);
+                        pages.set_class(slab, self.class + 1);
                         slab.live.store(0, Ordering::Relaxed);
                         slab.carved.store(0, Ordering::Relaxed);
                         slab.free.store(0, Ordering::Relaxed);
@@ -106,7 +106,7 @@ impl Central {
                 debug_assert!(false, "{item:#x} is not a slab block");
                 continue;
             };
-            debug_assert_eq!(slab.class.load(Ordering::Relaxed), self.class + 1);
+            debug_assert_eq!(PageHeap::slab_class_word(slab), self.class + 1);
             // SAFETY: `item` is a block of this slab that nobody uses any more; its first word
             // becomes the free-list link.
             unsafe { ptr::write(item as *mut usize, slab.free.load(Ordering::Relaxed)) };

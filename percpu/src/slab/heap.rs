@@ -80,11 +80,8 @@ impl Heap {
     /// memory; nothing is left allocated then.
     ///
     /// # Safety
-    /// `at` is valid for writes of a `Heap` and holds nothing that needs dropping.
+    /// `at` is valid for writes of a `Heap`, holds nothing that needs dropping, and is zeroed.
     pub(crate) unsafe fn init(at: *mut Heap, cache_bytes: usize, page_size: usize) -> bool {
-        let Some(pages) = PageHeap::new() else {
-            return false;
-        };
         const { assert!(CLASSES <= crate::freelist::caches::MAX_LISTS) };
         let capacities = SIZES.map(|size| cache_capacity(size, cache_bytes));
         let cpus = rseq_sys::possible_cpus() as usize;
@@ -114,11 +111,12 @@ impl Heap {
             // SAFETY: `at` is valid for a Heap, so its `classes[c]` is valid for writes.
             unsafe { ptr::addr_of_mut!((*at).classes[c]).write(class) };
         }
-        // SAFETY: as above, field by field.
+        // SAFETY: as above, field by field; the page heap's top array is still zeroed, as
+        // `PageHeap::init` needs.
         unsafe {
             ptr::addr_of_mut!((*at)._caches).write(arena);
             ptr::addr_of_mut!((*at)._locked_caches).write(locked);
-            ptr::addr_of_mut!((*at).pages).write(pages);
+            PageHeap::init(ptr::addr_of_mut!((*at).pages), true);
             ptr::addr_of_mut!((*at).large).write(Large::new(page_size));
             ptr::addr_of_mut!((*at).trim_lock).write(SpinLock::new());
             ptr::addr_of_mut!((*at).fork_next).write(Default::default());
@@ -214,6 +212,7 @@ impl Heap {
             large_in_use_bytes: self.large.in_use_bytes(),
             large_cached_bytes: self.large.cached_bytes(),
             slab_mapped_bytes: self.pages.mapped_bytes(),
+            class_map_reserved_bytes: self.pages.class_map_bytes(),
             slab_empty_bytes: self.pages.empty_bytes(),
             slab_released_bytes: self.pages.released_bytes(),
         }

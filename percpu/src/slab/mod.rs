@@ -12,8 +12,9 @@
 //! - **Central level**, per class (`central.rs`): the slabs serving the class, each with its own
 //!   free list and live count, under one lock reached only in batches: when the transfer level
 //!   is empty (fill) or holds more than about 1 MiB (spill).
-//! - **Page heap** (`pages.rs`): 256 KiB slabs, mapped 4 MiB at a time, and the address → slab
-//!   map that finds any block's class from its pointer. Empty slabs come back here; beyond a
+//! - **Page heap** (`pages.rs`): 256 KiB slabs, mapped 4 MiB at a time, the address → slab
+//!   descriptor map, and the class map that finds any block's class from its pointer in one
+//!   load (1 GiB of reserved address space, where `RLIMIT_AS` leaves it free to reserve). Empty slabs come back here; beyond a
 //!   few kept resident, their memory goes back to the kernel with `MADV_DONTNEED`.
 //! - **Large blocks** (`large.rs`) beyond 128 KiB: a mapping each, with a bounded cache of freed
 //!   mappings, and `mremap` for `realloc`.
@@ -218,12 +219,15 @@ impl PerCpuAlloc {
     pub unsafe fn free(&self, block: *mut u8) {
         // The common case in one attempt with no call in it (so no stack frame); anything else
         // starts over out of line.
-        let pushed = match (self.heap_if_ready(), NonNull::new(block)) {
-            (Some(heap), Some(nonnull)) => heap
-                .class_of_block(block)
-                .is_some_and(|class| heap.class(class).list.try_push_fast(nonnull)),
-            _ => false,
-        };
+        // Null needs no test of its own: no slab holds address 0 (the page heap refuses a chunk
+        // there), so it has no class and goes to the slow path, which ignores it.
+        let pushed = self.heap_if_ready().is_some_and(|heap| {
+            heap.class_of_block(block).is_some_and(|class| {
+                // SAFETY: a block with a class is a slab block, never null.
+                let block = unsafe { NonNull::new_unchecked(block) };
+                heap.class(class).list.try_push_fast(block)
+            })
+        });
         if !pushed {
             // SAFETY: the caller's contract; the attempt above did nothing.
             unsafe { self.free_slow(block) }
@@ -351,7 +355,7 @@ fn create_heap(cpu_cache_bytes: usize) -> Option<NonNull<Heap>> {
     let len = core::mem::size_of::<Heap>();
     let at = crate::storage::map(len)? as *mut Heap;
     const { assert!(core::mem::align_of::<Heap>() <= 4096) };
-    // SAFETY: a fresh mapping, page-aligned and large enough, holding nothing.
+    // SAFETY: a fresh mapping (zeroed), page-aligned and large enough, holding nothing.
     if unsafe { Heap::init(at, cpu_cache_bytes, page_size) } {
         NonNull::new(at)
     } else {

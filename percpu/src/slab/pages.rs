@@ -1,18 +1,28 @@
-//! The page heap: memory in 256 KiB slabs, mapped 4 MiB at a time, and the map from any address
-//! to its slab's descriptor.
+//! The page heap: memory in 256 KiB slabs, mapped 4 MiB at a time, and the maps from any address
+//! to its slab's descriptor and size class.
 //!
-//! Slabs are aligned to their size, so an address's slab is `address >> SLAB_SHIFT`. The map is
-//! a two-level radix tree over 48-bit addresses: a top array of leaves, each leaf an array of
-//! slab descriptors covering 8 GiB, mapped when the first slab in its range is. Descriptors live
-//! beside the slabs, never inside them, so a slab handed back to the kernel with
-//! `MADV_DONTNEED` keeps its descriptor, and block alignment is never disturbed by a header.
+//! Slabs are aligned to their size, so an address's slab is `address >> SLAB_SHIFT`. The
+//! descriptor map is a two-level radix tree over 48-bit addresses: a top array of leaves (inside
+//! the page heap, untouched beyond the entries in use), each leaf an array of slab descriptors
+//! covering 8 GiB, mapped when the first slab in its range is. Descriptors live beside the
+//! slabs, never inside them, so a slab handed back to the kernel with `MADV_DONTNEED` keeps its
+//! descriptor, and block alignment is never disturbed by a header.
+//!
+//! `free` needs only a block's class, and finds it in one load: the class map is one byte per
+//! slab over the whole 48-bit address space, 1 GiB of address space reserved with
+//! `MAP_NORESERVE`, of which only the pages covering slabs in use are ever written (one 4 KiB
+//! page covers 1 GiB of slabs). A load through the radix tree depends on the block's address
+//! twice; this one once, which `larson` and `mstress` measured at 4% of their time. Where
+//! address space is scarce (a finite `RLIMIT_AS`, or the reservation refused) there is no class
+//! map and the class comes from the descriptor instead.
 //!
 //! Slab address space is never unmapped while the heap lives: a slab the kernel took back stays
 //! reserved for reuse, and reading a stale descriptor is always safe.
 
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
+use super::class::CLASSES;
 use super::lock::SpinLock;
 use crate::storage::{Mapping, map};
 
@@ -25,6 +35,11 @@ const ADDRESS_BITS: u32 = 48;
 const LEAF_BITS: u32 = 15;
 const LEAF_SLABS: usize = 1 << LEAF_BITS;
 const TOP_ENTRIES: usize = 1 << (ADDRESS_BITS - SLAB_SHIFT - LEAF_BITS);
+/// Entries (bytes) in the class map: one per slab-sized stretch of the address space.
+const CLASS_MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - SLAB_SHIFT);
+
+// Class words (class + 1) fit the class map's bytes.
+const _: () = assert!(CLASSES < u8::MAX as usize);
 /// Empty slabs kept resident for quick reuse (16 MiB); beyond these, empty slabs go back to the
 /// kernel. With 16, a program that builds and frees a 12 MiB structure over and over spent a
 /// third of its time faulting the same pages back in; `trim()` releases them all.
@@ -35,8 +50,9 @@ pub(crate) const RESIDENT_EMPTY_SLABS: usize = 64;
 /// while it is free (so relaxed atomics suffice: the locks order them).
 #[repr(C, align(64))]
 pub(crate) struct Slab {
-    /// Class + 1 while the slab serves a size class, 0 otherwise.
-    pub(crate) class: AtomicU32,
+    /// Class + 1 while the slab serves a size class, 0 otherwise (set with
+    /// [`PageHeap::set_class`], which keeps the class map in step).
+    class: AtomicU32,
     /// Blocks handed above the central level and not back yet.
     pub(crate) live: AtomicU32,
     /// Bytes carved from the slab's start so far; blocks are carved lazily so untouched
@@ -91,32 +107,56 @@ impl SlabStack {
     }
 }
 
+/// Built in place in zeroed memory ([`PageHeap::init`]): its top array is too large for a stack.
+#[repr(C)]
 pub(crate) struct PageHeap {
     /// Also taken around `fork` (see `Heap::lock_for_fork`).
     pub(super) lock: SpinLock,
-    /// `[AtomicPtr<Slab>; TOP_ENTRIES]`: leaves, null until mapped.
-    top: Mapping,
     /// Empty slabs still resident.
     empty: SlabStack,
     /// Slabs the kernel holds no memory for (never touched, or given back): zero when reused.
     released: SlabStack,
     mapped_bytes: AtomicUsize,
+    /// `[AtomicU8; CLASS_MAP_ENTRIES]`: each slab's class word, 0 for address space that holds
+    /// no slab serving a class. `None` where address space is scarce (see the module docs).
+    class_map: Option<Mapping>,
+    /// Leaves, null until mapped.
+    top: [AtomicPtr<Slab>; TOP_ENTRIES],
 }
 
 impl PageHeap {
-    pub(crate) fn new() -> Option<PageHeap> {
-        Some(PageHeap {
-            lock: SpinLock::new(),
-            top: Mapping::new(TOP_ENTRIES * core::mem::size_of::<AtomicPtr<Slab>>())?,
-            empty: SlabStack::new(),
-            released: SlabStack::new(),
-            mapped_bytes: AtomicUsize::new(0),
-        })
+    /// Builds an empty page heap at `at`, whose top array is already zeroed (null leaves). The
+    /// array is left untouched, so that its pages stay unfaulted until a leaf is published.
+    /// `class_map` asks for a class map; it is reserved only where address space is not scarce.
+    ///
+    /// # Safety
+    /// `at` is valid for writes of a `PageHeap` and suitably aligned, holds nothing that needs
+    /// dropping, and its `top` bytes are all zero.
+    pub(crate) unsafe fn init(at: *mut PageHeap, class_map: bool) {
+        let class_map = if class_map && address_space_is_unlimited() {
+            Mapping::new(CLASS_MAP_ENTRIES)
+        } else {
+            None
+        };
+        // SAFETY: the caller's contract: each field is valid for a write; `top`'s zero bytes
+        // are null pointers already.
+        unsafe {
+            ptr::addr_of_mut!((*at).lock).write(SpinLock::new());
+            ptr::addr_of_mut!((*at).empty).write(SlabStack::new());
+            ptr::addr_of_mut!((*at).released).write(SlabStack::new());
+            ptr::addr_of_mut!((*at).mapped_bytes).write(AtomicUsize::new(0));
+            ptr::addr_of_mut!((*at).class_map).write(class_map);
+        }
     }
 
-    fn top(&self) -> &[AtomicPtr<Slab>] {
-        // SAFETY: the mapping holds TOP_ENTRIES zeroed pointers (null) for as long as `self`.
-        unsafe { core::slice::from_raw_parts(self.top.as_ptr().cast(), TOP_ENTRIES) }
+    /// The class map's entry for `address` (below 2^48), if there is a class map.
+    #[inline(always)]
+    fn class_entry(&self, address: usize) -> Option<&AtomicU8> {
+        debug_assert!(address >> ADDRESS_BITS == 0);
+        let map = self.class_map.as_ref()?;
+        // SAFETY: the map holds CLASS_MAP_ENTRIES bytes, zeroed or written only as atomics, for
+        // as long as `self`; the index is below that for any address below 2^48.
+        Some(unsafe { &*map.as_ptr().add(address >> SLAB_SHIFT).cast::<AtomicU8>() })
     }
 
     /// The descriptor of the slab holding `address`, mapped or not, if its leaf is published.
@@ -124,7 +164,7 @@ impl PageHeap {
     #[inline(always)]
     fn descriptor(&self, address: usize) -> Option<&Slab> {
         let top = address >> (SLAB_SHIFT + LEAF_BITS);
-        let leaf = self.top().get(top)?.load(Ordering::Acquire);
+        let leaf = self.top.get(top)?.load(Ordering::Acquire);
         if leaf.is_null() {
             return None;
         }
@@ -140,13 +180,41 @@ impl PageHeap {
             .filter(|slab| slab.mapped.load(Ordering::Relaxed))
     }
 
-    /// The class word (class + 1, or 0) of the slab holding `address`; 0 where the heap never
-    /// mapped a slab. `lookup` without its `mapped` test: a descriptor in a published leaf is
-    /// zeroed until its slab serves a class, which only mapped slabs do.
+    /// The class word (class + 1, or 0) of the slab holding `address`: 0 for any address in no
+    /// slab serving a class (large blocks, foreign memory, null). Lock-free: a block's class is
+    /// set before the block is first handed out, and whatever passed the block to this thread
+    /// ordered that.
+    ///
+    /// From the class map, else from the descriptor: that is `lookup` without its `mapped`
+    /// test, since a descriptor in a published leaf is zeroed until its slab serves a class,
+    /// which only mapped slabs do.
     #[inline]
     pub(crate) fn class_word(&self, address: usize) -> u32 {
-        self.descriptor(address)
-            .map_or(0, |slab| slab.class.load(Ordering::Relaxed))
+        if address >> ADDRESS_BITS != 0 {
+            return 0;
+        }
+        match self.class_entry(address) {
+            Some(entry) => u32::from(entry.load(Ordering::Relaxed)),
+            None => self
+                .descriptor(address)
+                .map_or(0, |slab| slab.class.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The class word of `slab`, as its descriptor holds it.
+    pub(crate) fn slab_class_word(slab: &Slab) -> u32 {
+        slab.class.load(Ordering::Relaxed)
+    }
+
+    /// Sets the class word (class + 1, or 0 for none) of `slab`, a slab this heap mapped, in
+    /// its descriptor and the class map. Only its holder calls this, before handing out any of
+    /// its blocks (or after the last came back).
+    pub(crate) fn set_class(&self, slab: &Slab, word: u32) {
+        debug_assert!(word as usize <= CLASSES);
+        slab.class.store(word, Ordering::Relaxed);
+        if let Some(entry) = self.class_entry(slab.base.load(Ordering::Relaxed)) {
+            entry.store(word as u8, Ordering::Relaxed);
+        }
     }
 
     /// A slab for a size class: a resident empty one, else a released one, else a new chunk's.
@@ -163,7 +231,7 @@ impl PageHeap {
 
     /// Takes back a slab no block of which is in use.
     pub(crate) fn give(&self, slab: &Slab) {
-        slab.class.store(0, Ordering::Relaxed);
+        self.set_class(slab, 0);
         let _guard = self.lock.lock();
         if self.empty.len.load(Ordering::Relaxed) < RESIDENT_EMPTY_SLABS {
             self.empty.push(slab);
@@ -209,8 +277,9 @@ impl PageHeap {
                 libc::munmap((base + chunk) as *mut libc::c_void, tail);
             }
         }
-        if (base + chunk) >> ADDRESS_BITS != 0 {
-            // Beyond the map's reach (a 57-bit address space); give it back and fail.
+        if base == 0 || (base + chunk) >> ADDRESS_BITS != 0 {
+            // Beyond the maps' reach (a 57-bit address space), or at address 0, which must stay
+            // classless so that `free(NULL)` needs no test of its own: give it back and fail.
             // SAFETY: the chunk is ours and unused.
             unsafe { libc::munmap(base as *mut libc::c_void, chunk) };
             return None;
@@ -239,7 +308,7 @@ impl PageHeap {
 
     /// The leaf covering `address`, mapped if needed (under the lock).
     fn leaf_for(&self, address: usize) -> Option<*mut Slab> {
-        let entry = &self.top()[address >> (SLAB_SHIFT + LEAF_BITS)];
+        let entry = &self.top[address >> (SLAB_SHIFT + LEAF_BITS)];
         let leaf = entry.load(Ordering::Relaxed);
         if !leaf.is_null() {
             return Some(leaf);
@@ -247,6 +316,11 @@ impl PageHeap {
         let leaf = map(LEAF_SLABS * core::mem::size_of::<Slab>())? as *mut Slab;
         entry.store(leaf, Ordering::Release);
         Some(leaf)
+    }
+
+    /// Bytes of address space reserved for the class map (0 when there is none).
+    pub(crate) fn class_map_bytes(&self) -> usize {
+        self.class_map.as_ref().map_or(0, |_| CLASS_MAP_ENTRIES)
     }
 
     /// Bytes of slab address space mapped.
@@ -265,9 +339,21 @@ impl PageHeap {
     }
 }
 
+/// Whether this process may reserve address space freely: no `RLIMIT_AS`, which a 1 GiB class
+/// map would eat into (or fail under).
+fn address_space_is_unlimited() -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into `limit`, a valid rlimit, and allocates nothing.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
+    known && limit.rlim_cur == libc::RLIM_INFINITY
+}
+
 impl Drop for PageHeap {
     fn drop(&mut self) {
-        for entry in self.top() {
+        for entry in &self.top {
             let leaf = entry.load(Ordering::Relaxed);
             if leaf.is_null() {
                 continue;
@@ -296,38 +382,61 @@ impl Drop for PageHeap {
 mod tests {
     use super::*;
 
-    /// `class_word` skips `lookup`'s `mapped` test: that is sound only while every descriptor
-    /// of a slab that serves no class (mapped or not) reads 0, and the one that serves a class
-    /// reads its word, at any address inside it.
+    /// A page heap of its own, built as `Heap::init` builds one: in zeroed memory; with a class
+    /// map or without one (as where address space is limited).
+    fn page_heap(class_map: bool) -> Box<PageHeap> {
+        let mut pages = Box::<PageHeap>::new_zeroed();
+        // SAFETY: a zeroed, aligned allocation of a PageHeap; `init` completes it.
+        let pages = unsafe {
+            PageHeap::init(pages.as_mut_ptr(), class_map);
+            pages.assume_init()
+        };
+        let reserved = class_map && address_space_is_unlimited();
+        assert_eq!(
+            pages.class_map_bytes(),
+            if reserved { CLASS_MAP_ENTRIES } else { 0 }
+        );
+        pages
+    }
+
+    /// Every descriptor of a slab that serves no class (mapped or not) reads 0, and the one that
+    /// serves a class reads its word at any address inside it: from the class map, and from the
+    /// descriptors without one (`lookup` without its `mapped` test, sound only while this holds).
     #[test]
     fn only_a_slab_serving_a_class_has_a_class_word() {
-        let pages = PageHeap::new().expect("memory");
-        let slab = pages.take().expect("memory");
-        let base = slab.base.load(Ordering::Relaxed);
-        assert_eq!(
-            pages.class_word(base),
-            0,
-            "a taken slab serves no class yet"
-        );
-        slab.class.store(7, Ordering::Relaxed);
-        for offset in [0, 64, SLAB_SIZE - 1] {
-            assert_eq!(pages.class_word(base + offset), 7);
+        for class_map in [true, false] {
+            let pages = page_heap(class_map);
+            let slab = pages.take().expect("memory");
+            let base = slab.base.load(Ordering::Relaxed);
+            assert_eq!(
+                pages.class_word(base),
+                0,
+                "a taken slab serves no class yet"
+            );
+            pages.set_class(slab, 7);
+            for offset in [0, 64, SLAB_SIZE - 1] {
+                assert_eq!(pages.class_word(base + offset), 7);
+            }
+            assert_eq!(PageHeap::slab_class_word(slab), 7);
+            // Every other slab of the leaf, mapped by this heap or not, and addresses in no
+            // leaf or beyond the maps.
+            let leaf_start = base & !((LEAF_SLABS << SLAB_SHIFT) - 1);
+            let others = (0..LEAF_SLABS)
+                .map(|i| leaf_start + (i << SLAB_SHIFT))
+                .filter(|&address| address != base);
+            for address in others {
+                assert_eq!(pages.class_word(address), 0, "slab at {address:#x}");
+            }
+            let other_leaf = leaf_start ^ (1 << (SLAB_SHIFT + LEAF_BITS));
+            assert_eq!(pages.class_word(other_leaf), 0);
+            assert_eq!(pages.class_word(0), 0, "null");
+            assert_eq!(pages.class_word(1 << ADDRESS_BITS), 0);
+            assert_eq!(pages.class_word(usize::MAX), 0);
+            // The slab goes back (and `Drop` unmaps it) serving no class, as `give` expects.
+            pages.give(slab);
+            for offset in [0, 64, SLAB_SIZE - 1] {
+                assert_eq!(pages.class_word(base + offset), 0);
+            }
         }
-        // Every other slab of the leaf, mapped by this heap or not, and addresses in no leaf or
-        // beyond the map.
-        let leaf_start = base & !((LEAF_SLABS << SLAB_SHIFT) - 1);
-        let others = (0..LEAF_SLABS)
-            .map(|i| leaf_start + (i << SLAB_SHIFT))
-            .filter(|&address| address != base);
-        for address in others {
-            assert_eq!(pages.class_word(address), 0, "slab at {address:#x}");
-        }
-        let other_leaf = leaf_start ^ (1 << (SLAB_SHIFT + LEAF_BITS));
-        assert_eq!(pages.class_word(other_leaf), 0);
-        assert_eq!(pages.class_word(1 << ADDRESS_BITS), 0);
-        assert_eq!(pages.class_word(usize::MAX), 0);
-        // The slab goes back (and `Drop` unmaps it) serving no class, as `give` expects.
-        pages.give(slab);
-        assert_eq!(pages.class_word(base), 0);
     }
 }

@@ -46,6 +46,10 @@ pub struct AllocStats {
     pub slab_empty_bytes: usize,
     /// Bytes in slabs whose memory went back to the kernel (or was never touched).
     pub slab_released_bytes: usize,
+    /// Address space reserved for the map from slabs to size classes, which `free` reads: 1 GiB
+    /// reserved with `MAP_NORESERVE`, of which a page per GiB of slabs is ever touched; 0 where
+    /// address space is limited (`RLIMIT_AS`) and the slab descriptors serve instead.
+    pub class_map_reserved_bytes: usize,
 }
 
 impl Default for AllocStats {
@@ -59,6 +63,7 @@ impl Default for AllocStats {
             slab_mapped_bytes: 0,
             slab_empty_bytes: 0,
             slab_released_bytes: 0,
+            class_map_reserved_bytes: 0,
         }
     }
 }
@@ -175,6 +180,15 @@ impl fmt::Display for AllocStats {
             Bytes(self.slab_empty_bytes),
             Bytes(self.slab_released_bytes)
         )?;
+        if self.class_map_reserved_bytes > 0 {
+            writeln!(
+                f,
+                "class map: {} of address space reserved",
+                Bytes(self.class_map_reserved_bytes)
+            )?;
+        } else {
+            writeln!(f, "class map: none")?;
+        }
         write!(
             f,
             "total: {} in use, {} cached, {} allocs, {} frees",
