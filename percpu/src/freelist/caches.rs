@@ -10,8 +10,9 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use rseq_sys::{STACK_DEPTH_MASK, STACK_POPS_SHIFT};
+use rseq_sys::{Outcome, STACK_DEPTH_MASK, STACK_POPS_SHIFT};
 
+use crate::mode::rseq_path_if_registered;
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
 
 /// Bits of pop count a count word holds: harvest at least this often per CPU.
@@ -29,6 +30,8 @@ pub(crate) struct CacheArena {
     lists: usize,
     /// Byte offset of each freelist's slots inside a region.
     slots_at: [usize; MAX_LISTS],
+    /// Each freelist's capacity (slots per CPU).
+    capacities: [usize; MAX_LISTS],
 }
 
 /// Most freelists one arena holds.
@@ -45,6 +48,8 @@ impl CacheArena {
         }
         let words = round_up(lists * 8, CPU_BLOCK_ALIGN);
         let mut slots_at = [0; MAX_LISTS];
+        let mut stored_capacities = [0; MAX_LISTS];
+        stored_capacities[..lists].copy_from_slice(capacities);
         let mut end = 2 * words;
         for (at, &capacity) in slots_at.iter_mut().zip(capacities) {
             *at = end;
@@ -59,7 +64,33 @@ impl CacheArena {
             shift,
             lists,
             slots_at,
+            capacities: stored_capacities,
         })
+    }
+
+    /// One table that finds the rseq cache of every freelist in this arena (see
+    /// [`DirectCaches`]), for indices below `rseq_cpus`.
+    ///
+    /// # Safety
+    /// The arena's mapping outlives the table, every list in it belongs to a freelist (so its
+    /// count words and slots are only written by that freelist's sequences, or under its lock
+    /// bit), and `rseq_cpus` is at most the CPUs the arena was made for and no more than those
+    /// freelists allow the sequences.
+    pub(crate) unsafe fn direct(&self, rseq_cpus: usize) -> DirectCaches {
+        let mut lists = [0; MAX_LISTS];
+        for (entry, (&at, &capacity)) in lists
+            .iter_mut()
+            .zip(self.slots_at.iter().zip(&self.capacities))
+            .take(self.lists)
+        {
+            *entry = at as u64 | (capacity as u64) << 32;
+        }
+        DirectCaches {
+            base: self.mapping.as_ptr() as usize,
+            shift: self.shift,
+            rseq_cpus: rseq_cpus as u32,
+            lists,
+        }
     }
 
     /// The caches of freelist `list` (below the number of capacities given to `new`).
@@ -81,6 +112,86 @@ impl CacheArena {
                 _own: None,
             }
         }
+    }
+}
+
+/// The rseq caches of every freelist in one arena, found from the list's number alone.
+///
+/// For the fast paths of a caller that keeps many freelists in one arena (the slab allocator,
+/// one per size class): a freelist finds its caches through its own fields, which come one
+/// cache line per freelist and must be loaded before its count word's address is known. This
+/// table is a few lines for all the lists, and a list's entry (where its slots start, and its
+/// capacity) is loaded alongside the count word rather than before it, since count words sit at
+/// fixed offsets. It writes exactly what the freelists' own sequences write, so the two mix.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct DirectCaches {
+    /// Region 0's address.
+    base: usize,
+    shift: u32,
+    /// Indices below this have rseq caches: as each freelist of the arena allows.
+    rseq_cpus: u32,
+    /// Per list: its slots' byte offset inside a region (low half) and capacity (high half).
+    lists: [u64; MAX_LISTS],
+}
+
+impl DirectCaches {
+    /// List `list`'s rseq cache on index `id`: count word, slots and capacity; `None` for
+    /// indices without one.
+    #[inline(always)]
+    fn cache(&self, id: u32, list: usize) -> Option<(*mut usize, *mut usize, usize)> {
+        if id >= self.rseq_cpus {
+            return None;
+        }
+        debug_assert!(list < MAX_LISTS && self.lists[list] != 0, "no list {list}");
+        // SAFETY: `list` is a list of the arena (the caller's contract), below MAX_LISTS.
+        let entry = unsafe { *self.lists.get_unchecked(list) };
+        let region = self.base + ((id as usize) << self.shift);
+        Some((
+            (region + list * 8) as *mut usize,
+            (region + (entry as u32) as usize) as *mut usize,
+            (entry >> 32) as usize,
+        ))
+    }
+
+    /// One attempt to push `item` into list `list`'s rseq cache on this CPU, as
+    /// `RawFreeList::try_push_fast` makes it: `false`, with nothing done, when the thread has no
+    /// sequences (or none registered yet), the cache is full or locked, or the attempt was
+    /// aborted.
+    ///
+    /// # Safety
+    /// `list` is a list of the arena this table was made from.
+    #[inline(always)]
+    pub(crate) unsafe fn try_push(&self, list: usize, item: NonNull<u8>) -> bool {
+        let Some((seq, index)) = rseq_path_if_registered() else {
+            return false;
+        };
+        let id = seq.current().index(index);
+        let Some((count, slots, capacity)) = self.cache(id, list) else {
+            return false;
+        };
+        // SAFETY: `count` and `slots[..capacity]` are index `id`'s cache of a freelist (the
+        // table's contract), written only by sequences on `id` or under its lock bit, which
+        // makes the push fail.
+        let outcome =
+            unsafe { seq.stack_push(index, id, count, slots, capacity, item.as_ptr() as usize) };
+        matches!(outcome, Outcome::Committed(()))
+    }
+
+    /// One attempt to pop from list `list`'s rseq cache on this CPU, as
+    /// `RawFreeList::try_pop_fast` makes it: `None`, with nothing done, when the thread has no
+    /// sequences (or none registered yet), the cache is empty or locked, or the attempt was
+    /// aborted.
+    ///
+    /// # Safety
+    /// As for [`Self::try_push`].
+    #[inline(always)]
+    pub(crate) unsafe fn try_pop(&self, list: usize) -> Option<NonNull<u8>> {
+        let (seq, index) = rseq_path_if_registered()?;
+        let id = seq.current().index(index);
+        let (count, slots, _) = self.cache(id, list)?;
+        // SAFETY: as in `try_push`; items are never 0.
+        NonNull::new(unsafe { seq.stack_try_pop(index, id, count, slots) } as *mut u8)
     }
 }
 
@@ -196,5 +307,30 @@ mod tests {
         for pair in spans.windows(2) {
             assert!(pair[0].1 <= pair[1].0, "overlap: {pair:?}");
         }
+    }
+
+    /// The table finds exactly each list's own caches, and none past its index bound.
+    #[test]
+    fn direct_caches_agree_with_each_lists_own() {
+        let capacities = [3, 2048, 1, 100];
+        let arena = CacheArena::new(4, &capacities).unwrap();
+        // SAFETY: the arena outlives the caches and the tables; each list once.
+        let lists: Vec<Caches> = (0..4).map(|l| unsafe { arena.caches(l) }).collect();
+        // SAFETY: as above; nothing is pushed or popped through them.
+        let (direct, partial) = unsafe { (arena.direct(4), arena.direct(2)) };
+        for id in 0..4u32 {
+            for (l, caches) in lists.iter().enumerate() {
+                let (count, slots) = caches.of(id as usize);
+                assert_eq!(
+                    direct.cache(id, l),
+                    Some((count, slots, capacities[l])),
+                    "index {id}, list {l}"
+                );
+                let expected = (id < 2).then_some((count, slots, capacities[l]));
+                assert_eq!(partial.cache(id, l), expected, "index {id}, list {l}");
+            }
+        }
+        assert_eq!(direct.cache(4, 0), None);
+        assert_eq!(direct.cache(u32::MAX, 0), None);
     }
 }

@@ -59,9 +59,9 @@ use rseq_sys::{
 };
 
 use crate::counter::RawCounters;
-use crate::mode::{forced_fallback, rseq_path, rseq_path_if_registered};
-pub(crate) use caches::CacheArena;
+use crate::mode::{forced_fallback, rseq_path};
 use caches::Caches;
+pub(crate) use caches::{CacheArena, DirectCaches};
 pub(crate) use global::MAX_CHAIN;
 use global::{Global, Shards};
 
@@ -279,6 +279,12 @@ impl RawFreeList {
         self.capacity
     }
 
+    /// Indices below this use their rseq cache: the possible CPUs, or 0 under
+    /// `PERCPU_FORCE_FALLBACK=1`.
+    pub(crate) fn rseq_cpus(&self) -> usize {
+        self.rseq_cpus
+    }
+
     /// The id, count word and slots of the rseq cache of the CPU (or mm_cid) this thread runs on
     /// now; `None` past the rseq caches (no such CPU, or `PERCPU_FORCE_FALLBACK=1`).
     #[inline(always)]
@@ -347,34 +353,6 @@ impl RawFreeList {
             }
         }
         self.push_direct(item, backing).map_err(|()| block)
-    }
-
-    /// One attempt to push `block` into this CPU's rseq cache; `false` (nothing done) when the
-    /// thread has no sequences, the cache is full, or the attempt was aborted. For a caller
-    /// whose slow path starts over, so nothing but `block` has to outlive the attempt.
-    #[inline(always)]
-    pub(crate) fn try_push_fast(&self, block: NonNull<u8>) -> bool {
-        let Some((seq, index)) = rseq_path_if_registered() else {
-            return false;
-        };
-        let Some((id, count, slots)) = self.rseq_cache(seq, index) else {
-            return false;
-        };
-        let item = block.as_ptr() as usize;
-        // SAFETY: as in `push_backed`.
-        let outcome = unsafe { seq.stack_push(index, id, count, slots, self.capacity, item) };
-        matches!(outcome, Outcome::Committed(()))
-    }
-
-    /// One attempt to pop from this CPU's rseq cache; `None` (nothing done) when the thread has
-    /// no sequences yet, the cache is empty, or the attempt was aborted. See
-    /// [`Self::try_push_fast`].
-    #[inline(always)]
-    pub(crate) fn try_pop_fast(&self) -> Option<NonNull<u8>> {
-        let (seq, index) = rseq_path_if_registered()?;
-        let (id, count, slots) = self.rseq_cache(seq, index)?;
-        // SAFETY: as in `push_backed`; items are never 0.
-        NonNull::new(unsafe { seq.stack_try_pop(index, id, count, slots) } as *mut u8)
     }
 
     /// A push without rseq: into this CPU's locked cache when its try-lock is free (a full one

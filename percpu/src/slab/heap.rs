@@ -9,7 +9,7 @@ use super::large::Large;
 use super::lock::SpinLock;
 use super::pages::PageHeap;
 use super::stats::{AllocStats, ClassStats};
-use crate::freelist::{Backing, CacheArena, MAX_CHAIN, RawFreeList};
+use crate::freelist::{Backing, CacheArena, DirectCaches, MAX_CHAIN, RawFreeList};
 
 /// Most blocks one class's per-CPU cache holds: enough that a burst of a thousand small
 /// allocations followed by their frees stays within the cache.
@@ -33,11 +33,16 @@ pub(crate) struct Class {
     limit: usize,
 }
 
-/// In C order, cold fields first: the heap starts a page, as the caches' regions do, so the
-/// first class's fields would otherwise share their page offset with its count word, and each
-/// load of them would wait on the last store to that word (4 KiB aliasing): 10% slower pairs.
+/// In C order. The heap starts a page, as the caches' regions do, so fields the fast paths read
+/// are kept off the page offsets of the count words (the first `ALIAS_GAP` bytes): otherwise a
+/// load of one would wait on the last store to the count word at its offset (4 KiB aliasing),
+/// which once made pairs 10% slower.
 #[repr(C)]
 pub(crate) struct Heap {
+    /// Never touched; it only moves `direct` and the page heap's fields up the page.
+    _alias_gap: [u8; ALIAS_GAP],
+    /// Every class's rseq cache, for the fast paths: see [`DirectCaches`].
+    pub(crate) direct: DirectCaches,
     pub(crate) pages: PageHeap,
     pub(crate) large: Large,
     /// Serialises `trim` (and holds off `fork` while one runs).
@@ -50,6 +55,11 @@ pub(crate) struct Heap {
     _locked_caches: CacheArena,
     classes: [Class; CLASSES],
 }
+
+/// Bytes of a cache region's first page that hold count words and harvested words (with room
+/// to spare: 48 classes use 768).
+const ALIAS_GAP: usize = 1024;
+const _: () = assert!(2 * CLASSES * 8 <= ALIAS_GAP);
 
 /// A class's levels below its freelist, as the freelist sees them.
 #[derive(Clone, Copy)]
@@ -111,9 +121,14 @@ impl Heap {
             // SAFETY: `at` is valid for a Heap, so its `classes[c]` is valid for writes.
             unsafe { ptr::addr_of_mut!((*at).classes[c]).write(class) };
         }
+        // SAFETY: the arena outlives the table (both move into the heap, and its mapping never
+        // moves); each of its lists now belongs to a class's freelist, all of which allow the
+        // sequences on the same indices.
+        let direct = unsafe { arena.direct((*ptr::addr_of!((*at).classes[0])).list.rseq_cpus()) };
         // SAFETY: as above, field by field; the page heap's top array is still zeroed, as
         // `PageHeap::init` needs.
         unsafe {
+            ptr::addr_of_mut!((*at).direct).write(direct);
             ptr::addr_of_mut!((*at)._caches).write(arena);
             ptr::addr_of_mut!((*at)._locked_caches).write(locked);
             PageHeap::init(ptr::addr_of_mut!((*at).pages), true);
@@ -134,6 +149,10 @@ impl Heap {
     /// A block of size class `class`, or null when out of memory.
     #[inline(always)]
     pub(crate) fn alloc_small(&self, class: usize) -> *mut u8 {
+        // SAFETY: every class is a list of the arena.
+        if let Some(block) = unsafe { self.direct.try_pop(class) } {
+            return block.as_ptr();
+        }
         let below = Below {
             class: self.class(class),
             pages: &self.pages,
@@ -148,6 +167,10 @@ impl Heap {
     /// Frees `block`, a live block of size class `class`.
     #[inline(always)]
     pub(crate) fn free_small(&self, class: usize, block: NonNull<u8>) {
+        // SAFETY: every class is a list of the arena.
+        if unsafe { self.direct.try_push(class, block) } {
+            return;
+        }
         let below = Below {
             class: self.class(class),
             pages: &self.pages,

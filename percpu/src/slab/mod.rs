@@ -204,10 +204,8 @@ impl PerCpuAlloc {
         if size > MAX_SMALL {
             return None;
         }
-        self.heap_if_ready()?
-            .class(class_of_small(size))
-            .list
-            .try_pop_fast()
+        // SAFETY: every class is a list of the heap's arena.
+        unsafe { self.heap_if_ready()?.direct.try_pop(class_of_small(size)) }
     }
 
     /// Frees `block` knowing only its address (as C's `free` does).
@@ -223,9 +221,9 @@ impl PerCpuAlloc {
         // there), so it has no class and goes to the slow path, which ignores it.
         let pushed = self.heap_if_ready().is_some_and(|heap| {
             heap.class_of_block(block).is_some_and(|class| {
-                // SAFETY: a block with a class is a slab block, never null.
-                let block = unsafe { NonNull::new_unchecked(block) };
-                heap.class(class).list.try_push_fast(block)
+                // SAFETY: a block with a class is a slab block, never null; every class is a
+                // list of the heap's arena.
+                unsafe { heap.direct.try_push(class, NonNull::new_unchecked(block)) }
             })
         });
         if !pushed {
