@@ -352,4 +352,81 @@ impl Sequences {
             )
         }
     }
+
+    /// Array-stack push of several items in one commit: as many of `items` as fit (at least
+    /// one), pushed in order, so the last of them ends on top, exactly as that many
+    /// [`Self::stack_push`]es would leave the stack. [`Outcome::CompareFailed`] when the stack
+    /// is full or locked (see [`Self::stack_push`]); `Committed(0)` for no items.
+    ///
+    /// The copies run inside the critical section, so a long batch is more likely to be aborted
+    /// (by preemption or a signal) than a single push; an aborted push stored nothing.
+    ///
+    /// # Safety
+    /// As for [`Self::stack_push`].
+    #[inline(always)]
+    pub unsafe fn stack_push_many(
+        self,
+        index: Index,
+        expected: u32,
+        count: *mut usize,
+        slots: *mut usize,
+        cap: usize,
+        items: &[usize],
+    ) -> Outcome<usize> {
+        debug_assert!(cap <= STACK_MAX_CAPACITY);
+        if items.is_empty() {
+            return Outcome::Committed(0);
+        }
+        // SAFETY: forwarded contract; `items` is a non-empty readable slice.
+        let (code, pushed) = unsafe {
+            arch::stack_push_many(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                count,
+                slots,
+                cap,
+                items.as_ptr(),
+                items.len(),
+            )
+        };
+        Outcome::from_code(code, pushed)
+    }
+
+    /// Array-stack pop of several items in one commit: up to `out.len()` of them (at least
+    /// one), written to the front of `out` in the order that many [`Self::stack_pop`]s would
+    /// return them (the top first), each counted as a pop. [`Outcome::CompareFailed`] when the
+    /// stack is empty or locked; `Committed(0)` for an empty `out`. The rest of `out`, and all
+    /// of it when the sequence does not commit, holds nothing meaningful.
+    ///
+    /// # Safety
+    /// As for [`Self::stack_pop`].
+    #[inline(always)]
+    pub unsafe fn stack_pop_many(
+        self,
+        index: Index,
+        expected: u32,
+        count: *mut usize,
+        slots: *const usize,
+        out: &mut [usize],
+    ) -> Outcome<usize> {
+        if out.is_empty() {
+            return Outcome::Committed(0);
+        }
+        // SAFETY: forwarded contract; `out` is a non-empty writable slice.
+        let (code, popped) = unsafe {
+            arch::stack_pop_many(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                count,
+                slots,
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+        Outcome::from_code(code, popped)
+    }
 }

@@ -86,8 +86,17 @@ fn a_mismatched_index_aborts_without_storing() {
                 Outcome::Aborted
             );
             assert_eq!(seq.stack_try_pop(index, wrong, &mut one, items.as_ptr()), 0);
+            let mut out = [0usize; 2];
+            assert_eq!(
+                seq.stack_pop_many(index, wrong, &mut one, items.as_ptr(), &mut out),
+                Outcome::Aborted
+            );
+            assert_eq!(
+                seq.stack_push_many(index, wrong, &mut count, slots.as_mut_ptr(), 4, &[1, 2]),
+                Outcome::Aborted
+            );
         }
-        assert_eq!(one, 1);
+        assert_eq!((one, count, slots), (1, 0, [0; 4]));
     }
 }
 
@@ -250,6 +259,172 @@ fn stack_try_pop_returns_the_value_or_zero() {
         // Each committed pop counted once, in the same word, and the depth back to 0.
         assert_eq!(count, 2 << crate::STACK_POPS_SHIFT);
     }
+}
+
+#[test]
+fn bulk_push_and_pop_move_what_fits_in_single_operation_order() {
+    const CAP: usize = 4;
+    for index in indexes() {
+        // Pops counted above the depth already: the bulk sequences must keep them.
+        let mut count = 9 << crate::STACK_POPS_SHIFT;
+        let mut slots = [0usize; CAP];
+        let push = |count: &mut usize, slots: &mut [usize; CAP], items: &[usize]| {
+            // SAFETY: locals only this thread touches.
+            retry(index, |s, e| unsafe {
+                s.stack_push_many(index, e, count, slots.as_mut_ptr(), CAP, items)
+            })
+        };
+        assert_eq!(push(&mut count, &mut slots, &[]), Outcome::Committed(0));
+        assert_eq!(
+            push(&mut count, &mut slots, &[1, 2, 3]),
+            Outcome::Committed(3)
+        );
+        assert_eq!(
+            push(&mut count, &mut slots, &[4, 5, 6]),
+            Outcome::Committed(1),
+            "only the room left"
+        );
+        assert_eq!(push(&mut count, &mut slots, &[7]), Outcome::CompareFailed);
+        assert_eq!(
+            (count, slots),
+            ((9 << crate::STACK_POPS_SHIFT) | 4, [1, 2, 3, 4])
+        );
+
+        let pop = |count: &mut usize, slots: &[usize; CAP], out: &mut [usize]| {
+            // SAFETY: as above.
+            retry(index, |s, e| unsafe {
+                s.stack_pop_many(index, e, count, slots.as_ptr(), out)
+            })
+        };
+        let mut out = [0usize; 3];
+        assert_eq!(pop(&mut count, &slots, &mut []), Outcome::Committed(0));
+        assert_eq!(
+            pop(&mut count, &slots, &mut out[..2]),
+            Outcome::Committed(2)
+        );
+        assert_eq!(out[..2], [4, 3], "the top first, as single pops give them");
+        assert_eq!(
+            count,
+            (11 << crate::STACK_POPS_SHIFT) | 2,
+            "two pops counted"
+        );
+        // A single push lands on the new top.
+        // SAFETY: as above.
+        let r = retry(index, |s, e| unsafe {
+            s.stack_push(index, e, &mut count, slots.as_mut_ptr(), CAP, 8)
+        });
+        assert_eq!(r, Outcome::Committed(()));
+        assert_eq!(
+            pop(&mut count, &slots, &mut out),
+            Outcome::Committed(3),
+            "all there is"
+        );
+        assert_eq!(out, [8, 2, 1]);
+        assert_eq!(pop(&mut count, &slots, &mut out), Outcome::CompareFailed);
+        assert_eq!(count, 14 << crate::STACK_POPS_SHIFT);
+    }
+}
+
+/// Bulk moves between two stacks under a steady stream of signals: every aborted move must
+/// leave both stacks as they were, so that retrying it loses and duplicates nothing.
+#[test]
+fn bulk_moves_aborted_by_signals_lose_and_duplicate_nothing() {
+    let _alone = TIMING_SENSITIVE.lock().unwrap_or_else(|e| e.into_inner());
+    install_handler(libc::SIGUSR1, count_usr1);
+    const CAP: usize = 1000;
+    let tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (tid, done) = (tid.clone(), done.clone());
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+            let index = Index::CpuId;
+            let mut stacks = [
+                (0usize, std::vec![0usize; CAP]),
+                (0usize, std::vec![0usize; CAP]),
+            ];
+            let items: Vec<usize> = (1..=CAP).collect();
+            let (count, slots) = (&mut stacks[0].0, &mut stacks[0].1);
+            // SAFETY: locals only this thread touches.
+            let r = retry(index, |s, e| unsafe {
+                s.stack_push_many(index, e, count, slots.as_mut_ptr(), CAP, &items)
+            });
+            assert_eq!(r, Outcome::Committed(CAP));
+            let (mut aborts, mut batch) = (0u64, [0usize; 300]);
+            // At least 3000 moves, and on until some were aborted (the signals start only once
+            // this thread is running), within a bound that fails the test rather than hangs.
+            let mut round = 0;
+            while round < 3000 || (aborts < 20 && round < 20_000_000) {
+                round += 1;
+                let (from, to) = (round % 2, 1 - round % 2);
+                let n = 1 + round * 7 % batch.len();
+                // Pop up to n from one stack, then push exactly those onto the other.
+                let popped = loop {
+                    let seq = sequences();
+                    let e = seq.current().index(index);
+                    let (count, slots) = (&mut stacks[from].0, &stacks[from].1);
+                    // SAFETY: as above.
+                    match unsafe {
+                        seq.stack_pop_many(index, e, count, slots.as_ptr(), &mut batch[..n])
+                    } {
+                        Outcome::Aborted => aborts += 1,
+                        Outcome::Committed(k) => break k,
+                        Outcome::CompareFailed => break 0,
+                    }
+                };
+                let mut placed = 0;
+                while placed < popped {
+                    let seq = sequences();
+                    let e = seq.current().index(index);
+                    let (count, slots) = (&mut stacks[to].0, &mut stacks[to].1);
+                    // SAFETY: as above.
+                    match unsafe {
+                        seq.stack_push_many(
+                            index,
+                            e,
+                            count,
+                            slots.as_mut_ptr(),
+                            CAP,
+                            &batch[placed..popped],
+                        )
+                    } {
+                        Outcome::Aborted => aborts += 1,
+                        Outcome::Committed(k) => placed += k,
+                        Outcome::CompareFailed => panic!("room for everything"),
+                    }
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            let mut all: Vec<usize> = stacks
+                .iter()
+                .flat_map(|(count, slots)| slots[..count & crate::STACK_DEPTH_MASK].iter().copied())
+                .collect();
+            all.sort_unstable();
+            (all, aborts)
+        })
+    };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    // Until the worker is done (or died: a panic there must fail the test, not hang it).
+    while !done.load(Ordering::Relaxed) && !worker.is_finished() {
+        let target = tid.load(Ordering::Relaxed);
+        if target != 0 {
+            // SAFETY: signalling our own worker thread, which has a SIGUSR1 handler.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, target, libc::SIGUSR1) };
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+    let (all, aborts) = worker.join().unwrap();
+    assert_eq!(
+        all,
+        (1..=CAP).collect::<Vec<_>>(),
+        "every item exactly once"
+    );
+    assert!(
+        aborts > 0,
+        "no bulk move was ever aborted: the test proved nothing"
+    );
 }
 
 static TRAPS: AtomicUsize = AtomicUsize::new(0);
@@ -427,6 +602,19 @@ fn a_locked_stack_reads_as_full_and_empty() {
             }
         });
         assert_eq!(zero, Outcome::Committed(0), "a locked stack gives nothing");
+        let mut out = [0usize; 2];
+        // SAFETY: as above.
+        let pushed_many = retry(index, |s, e| unsafe {
+            s.stack_push_many(index, e, &mut count, slots.as_mut_ptr(), 4, &[1, 2])
+        });
+        // SAFETY: as above.
+        let popped_many = retry(index, |s, e| unsafe {
+            s.stack_pop_many(index, e, &mut count, slots.as_ptr(), &mut out)
+        });
+        assert_eq!(
+            (pushed_many, popped_many),
+            (Outcome::CompareFailed, Outcome::CompareFailed)
+        );
         assert_eq!(
             (count, slots),
             (

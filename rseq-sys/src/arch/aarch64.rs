@@ -420,6 +420,122 @@ pub(crate) unsafe fn stack_try_pop(
     popped
 }
 
+/// # Safety
+/// As for [`add`], for `count` and `slots[..cap]`; `items[..n]` is readable and `n >= 1`.
+#[inline(always)]
+pub(crate) unsafe fn stack_push_many(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *mut usize,
+    cap: usize,
+    items: *const usize,
+    n: usize,
+) -> (u32, usize) {
+    let res: u32;
+    let pushed: usize;
+    // SAFETY: caller's contract; the slot stores are speculative, the `count` store commits.
+    unsafe {
+        asm!(
+            // As on x86_64: full or locked fails, `{cap}` becomes the room and `{n}` the number
+            // pushed, min(n, room), at least 1; `{depth}` counts the copies.
+            rseq_sequence!(compare, body = [
+                "ldr {tmp}, [{count}]",
+                "sxth {depth}, {tmp:w}",
+                "cmp {depth}, {cap}",
+                "b.hs 8f",
+                "sub {cap}, {cap}, {depth}",
+                "cmp {n}, {cap}",
+                "csel {n}, {cap}, {n}, hi",
+                "add {slots}, {slots}, {depth}, lsl #3",
+                "mov {depth}, #0",
+                "9:",
+                "ldr {value}, [{items}, {depth}, lsl #3]",
+                "str {value}, [{slots}, {depth}, lsl #3]",
+                "add {depth}, {depth}, #1",
+                "cmp {depth}, {n}",
+                "b.lo 9b",
+                "add {tmp}, {tmp}, {n}",
+                "str {tmp}, [{count}]",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = inout(reg) slots => _,
+            cap = inout(reg) cap => _,
+            items = in(reg) items,
+            n = inout(reg) n => pushed,
+            value = out(reg) _,
+            tmp = out(reg) _,
+            depth = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    (res, pushed)
+}
+
+/// # Safety
+/// As for [`add`], for `count` and `slots[..*count]`; `out[..n]` is writable and `n >= 1`.
+#[inline(always)]
+pub(crate) unsafe fn stack_pop_many(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *const usize,
+    out: *mut usize,
+    n: usize,
+) -> (u32, usize) {
+    let res: u32;
+    let popped: usize;
+    // SAFETY: caller's contract; the stores to `out` are the caller's own memory, the `count`
+    // store commits.
+    unsafe {
+        asm!(
+            // As on x86_64: `{n}` becomes min(n, depth), `{slots}` walks down from just past
+            // the top slot (pre-decrementing loads), and the count takes n << 16 - n.
+            rseq_sequence!(compare, body = [
+                "ldr {tmp}, [{count}]",
+                "sxth {depth}, {tmp:w}",
+                "cmp {depth}, #0",
+                "b.le 8f",
+                "cmp {n}, {depth}",
+                "csel {n}, {depth}, {n}, hi",
+                "add {slots}, {slots}, {depth}, lsl #3",
+                "mov {depth}, #0",
+                "9:",
+                "ldr {value}, [{slots}, #-8]!",
+                "str {value}, [{out}, {depth}, lsl #3]",
+                "add {depth}, {depth}, #1",
+                "cmp {depth}, {n}",
+                "b.lo 9b",
+                "lsl {value}, {n}, #16",
+                "sub {value}, {value}, {n}",
+                "add {tmp}, {tmp}, {value}",
+                "str {tmp}, [{count}]",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = inout(reg) slots => _,
+            out = in(reg) out,
+            n = inout(reg) n => popped,
+            value = out(reg) _,
+            tmp = out(reg) _,
+            depth = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    (res, popped)
+}
+
 /// Test-only sequences that prove the abort path is real.
 #[cfg(test)]
 pub(crate) mod testing {

@@ -46,4 +46,6 @@ unreachable_sequences! {
     stack_push(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *mut usize, cap: usize, value: usize) -> u32;
     stack_pop(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *const usize) -> (u32, usize);
     stack_try_pop(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *const usize) -> usize;
+    stack_push_many(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *mut usize, cap: usize, items: *const usize, n: usize) -> (u32, usize);
+    stack_pop_many(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *const usize, out: *mut usize, n: usize) -> (u32, usize);
 }

@@ -426,6 +426,126 @@ pub(crate) unsafe fn stack_try_pop(
     popped
 }
 
+/// # Safety
+/// As for [`add`], for `count` and `slots[..cap]`; `items[..n]` is readable and `n >= 1`.
+#[inline(always)]
+pub(crate) unsafe fn stack_push_many(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *mut usize,
+    cap: usize,
+    items: *const usize,
+    n: usize,
+) -> (u32, usize) {
+    let res: u32;
+    let pushed: usize;
+    // SAFETY: caller's contract; the slot stores are speculative (invisible until `count`
+    // grows), the `count` store commits.
+    unsafe {
+        asm!(
+            // As in `stack_push`, a locked word reads as full. Then `{cap}` becomes the room
+            // and `{n}` the number pushed, min(n, room), at least 1; `{slots}` points at the
+            // first free slot and `{depth}` counts the copies.
+            rseq_sequence!(compare, body = [
+                "mov {tmp}, qword ptr [{count}]",
+                "movsx {depth}, {tmp:x}",
+                "cmp {depth}, {cap}",
+                "jae 8f",
+                "sub {cap}, {depth}",
+                "cmp {n}, {cap}",
+                "cmova {n}, {cap}",
+                "lea {slots}, [{slots} + {depth} * 8]",
+                "xor {depth:e}, {depth:e}",
+                "9:",
+                "mov {value}, qword ptr [{items} + {depth} * 8]",
+                "mov qword ptr [{slots} + {depth} * 8], {value}",
+                "add {depth}, 1",
+                "cmp {depth}, {n}",
+                "jb 9b",
+                "add {tmp}, {n}",
+                "mov qword ptr [{count}], {tmp}",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = inout(reg) slots => _,
+            cap = inout(reg) cap => _,
+            items = in(reg) items,
+            n = inout(reg) n => pushed,
+            value = out(reg) _,
+            tmp = out(reg) _,
+            depth = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    (res, pushed)
+}
+
+/// # Safety
+/// As for [`add`], for `count` and `slots[..*count]`; `out[..n]` is writable and `n >= 1`.
+#[inline(always)]
+pub(crate) unsafe fn stack_pop_many(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *const usize,
+    out: *mut usize,
+    n: usize,
+) -> (u32, usize) {
+    let res: u32;
+    let popped: usize;
+    // SAFETY: caller's contract; the stores to `out` are the caller's own memory (meaningless
+    // unless the sequence commits), the `count` store commits.
+    unsafe {
+        asm!(
+            // As in the pop, empty or locked fails the signed test. `{n}` becomes the number
+            // popped, min(n, depth), at least 1; `{slots}` walks down from the top slot while
+            // `{depth}` counts the copies, so `out` gets the items in the order single pops
+            // would give them. Each pop adds 0xffff, as in the single pop.
+            rseq_sequence!(compare, body = [
+                "mov {tmp}, qword ptr [{count}]",
+                "movsx {depth}, {tmp:x}",
+                "test {depth}, {depth}",
+                "jle 8f",
+                "cmp {n}, {depth}",
+                "cmova {n}, {depth}",
+                "lea {slots}, [{slots} + {depth} * 8 - 8]",
+                "xor {depth:e}, {depth:e}",
+                "9:",
+                "mov {value}, qword ptr [{slots}]",
+                "mov qword ptr [{out} + {depth} * 8], {value}",
+                "sub {slots}, 8",
+                "add {depth}, 1",
+                "cmp {depth}, {n}",
+                "jb 9b",
+                "imul {value}, {n}, 0xffff",
+                "add {tmp}, {value}",
+                "mov qword ptr [{count}], {tmp}",
+            ]),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = inout(reg) slots => _,
+            out = in(reg) out,
+            n = inout(reg) n => popped,
+            value = out(reg) _,
+            tmp = out(reg) _,
+            depth = out(reg) _,
+            res = out(reg) res,
+            options(nostack),
+        );
+    }
+    (res, popped)
+}
+
 /// Test-only sequences that prove the abort path is real.
 #[cfg(test)]
 pub(crate) mod testing {
