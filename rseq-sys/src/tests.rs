@@ -330,92 +330,71 @@ fn bulk_push_and_pop_move_what_fits_in_single_operation_order() {
 #[test]
 fn bulk_moves_aborted_by_signals_lose_and_duplicate_nothing() {
     let _alone = TIMING_SENSITIVE.lock().unwrap_or_else(|e| e.into_inner());
-    install_handler(libc::SIGUSR1, count_usr1);
     const CAP: usize = 1000;
-    let tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let worker = {
-        let (tid, done) = (tid.clone(), done.clone());
-        std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
-            let index = Index::CpuId;
-            let mut stacks = [
-                (0usize, std::vec![0usize; CAP]),
-                (0usize, std::vec![0usize; CAP]),
-            ];
-            let items: Vec<usize> = (1..=CAP).collect();
-            let (count, slots) = (&mut stacks[0].0, &mut stacks[0].1);
-            // SAFETY: locals only this thread touches.
-            let r = retry(index, |s, e| unsafe {
-                s.stack_push_many(index, e, count, slots.as_mut_ptr(), CAP, &items)
-            });
-            assert_eq!(r, Outcome::Committed(CAP));
-            let (mut aborts, mut batch) = (0u64, [0usize; 300]);
-            // At least 3000 moves, and on until some were aborted (the signals start only once
-            // this thread is running), within a bound that fails the test rather than hangs.
-            let mut round = 0;
-            while round < 3000 || (aborts < 20 && round < 20_000_000) {
-                round += 1;
-                let (from, to) = (round % 2, 1 - round % 2);
-                let n = 1 + round * 7 % batch.len();
-                // Pop up to n from one stack, then push exactly those onto the other.
-                let popped = loop {
-                    let seq = sequences();
-                    let e = seq.current().index(index);
-                    let (count, slots) = (&mut stacks[from].0, &stacks[from].1);
-                    // SAFETY: as above.
-                    match unsafe {
-                        seq.stack_pop_many(index, e, count, slots.as_ptr(), &mut batch[..n])
-                    } {
-                        Outcome::Aborted => aborts += 1,
-                        Outcome::Committed(k) => break k,
-                        Outcome::CompareFailed => break 0,
-                    }
-                };
-                let mut placed = 0;
-                while placed < popped {
-                    let seq = sequences();
-                    let e = seq.current().index(index);
-                    let (count, slots) = (&mut stacks[to].0, &mut stacks[to].1);
-                    // SAFETY: as above.
-                    match unsafe {
-                        seq.stack_push_many(
-                            index,
-                            e,
-                            count,
-                            slots.as_mut_ptr(),
-                            CAP,
-                            &batch[placed..popped],
-                        )
-                    } {
-                        Outcome::Aborted => aborts += 1,
-                        Outcome::Committed(k) => placed += k,
-                        Outcome::CompareFailed => panic!("room for everything"),
-                    }
+    let ((all, aborts), _) = under_signals(std::time::Duration::from_micros(50), || {
+        let index = Index::CpuId;
+        let mut stacks = [
+            (0usize, std::vec![0usize; CAP]),
+            (0usize, std::vec![0usize; CAP]),
+        ];
+        let items: Vec<usize> = (1..=CAP).collect();
+        let (count, slots) = (&mut stacks[0].0, &mut stacks[0].1);
+        // SAFETY: locals only this thread touches.
+        let r = retry(index, |s, e| unsafe {
+            s.stack_push_many(index, e, count, slots.as_mut_ptr(), CAP, &items)
+        });
+        assert_eq!(r, Outcome::Committed(CAP));
+        let (mut aborts, mut batch) = (0u64, [0usize; 300]);
+        // At least 3000 moves, and on until some were aborted (the signals start only once
+        // this thread is running), within a bound that fails the test rather than hangs.
+        let mut round = 0;
+        while round < 3000 || (aborts < 20 && round < 20_000_000) {
+            round += 1;
+            let (from, to) = (round % 2, 1 - round % 2);
+            let n = 1 + round * 7 % batch.len();
+            // Pop up to n from one stack, then push exactly those onto the other.
+            let popped = loop {
+                let seq = sequences();
+                let e = seq.current().index(index);
+                let (count, slots) = (&mut stacks[from].0, &stacks[from].1);
+                // SAFETY: as above.
+                match unsafe {
+                    seq.stack_pop_many(index, e, count, slots.as_ptr(), &mut batch[..n])
+                } {
+                    Outcome::Aborted => aborts += 1,
+                    Outcome::Committed(k) => break k,
+                    Outcome::CompareFailed => break 0,
+                }
+            };
+            let mut placed = 0;
+            while placed < popped {
+                let seq = sequences();
+                let e = seq.current().index(index);
+                let (count, slots) = (&mut stacks[to].0, &mut stacks[to].1);
+                // SAFETY: as above.
+                match unsafe {
+                    seq.stack_push_many(
+                        index,
+                        e,
+                        count,
+                        slots.as_mut_ptr(),
+                        CAP,
+                        &batch[placed..popped],
+                    )
+                } {
+                    Outcome::Aborted => aborts += 1,
+                    Outcome::Committed(k) => placed += k,
+                    Outcome::CompareFailed => panic!("room for everything"),
                 }
             }
-            done.store(true, Ordering::Relaxed);
-            let mut all: Vec<usize> = stacks
-                .iter()
-                .flat_map(|(count, slots)| slots[..count & crate::STACK_DEPTH_MASK].iter().copied())
-                .collect();
-            all.sort_unstable();
-            (all, aborts)
-        })
-    };
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    // Until the worker is done (or died: a panic there must fail the test, not hang it).
-    while !done.load(Ordering::Relaxed) && !worker.is_finished() {
-        let target = tid.load(Ordering::Relaxed);
-        if target != 0 {
-            // SAFETY: signalling our own worker thread, which has a SIGUSR1 handler.
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, target, libc::SIGUSR1) };
         }
-        std::thread::sleep(std::time::Duration::from_micros(50));
-    }
-    let (all, aborts) = worker.join().unwrap();
+        let mut all: Vec<usize> = stacks
+            .iter()
+            .flat_map(|(count, slots)| slots[..count & crate::STACK_DEPTH_MASK].iter().copied())
+            .collect();
+        all.sort_unstable();
+        (all, aborts)
+    });
     assert_eq!(
         all,
         (1..=CAP).collect::<Vec<_>>(),
@@ -517,22 +496,48 @@ extern "C" fn count_usr1(_: libc::c_int) {
     USR1_HANDLED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Runs `work` on a thread of its own while this one sends it SIGUSR1 (handled by
+/// `count_usr1`) every `every`, until `work` returns; then its result and the signals sent. A
+/// panic in `work` fails the caller here rather than leaving it signalling forever.
+fn under_signals<T: Send + 'static>(
+    every: std::time::Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> (T, usize) {
+    install_handler(libc::SIGUSR1, count_usr1);
+    let tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let worker = {
+        let tid = tid.clone();
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+            work()
+        })
+    };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut sent = 0;
+    while !worker.is_finished() {
+        let target = tid.load(Ordering::Relaxed);
+        if target != 0 {
+            // SAFETY: signalling our own worker thread, which has a SIGUSR1 handler.
+            let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, target, libc::SIGUSR1) };
+            sent += usize::from(rc == 0);
+        }
+        std::thread::sleep(every);
+    }
+    (worker.join().unwrap(), sent)
+}
+
 /// Asynchronous signals (not only synchronous traps) landing inside a critical section must
 /// abort it, and an aborted sequence must not commit. The section spins long enough that some of
 /// a steady stream of signals land inside it, on any machine and under emulation.
 #[test]
 fn signals_landing_inside_a_long_critical_section_abort_it() {
     let _alone = TIMING_SENSITIVE.lock().unwrap_or_else(|e| e.into_inner());
-    install_handler(libc::SIGUSR1, count_usr1);
     const ATTEMPTS: u64 = 300;
     const VALUE: i64 = 3;
-    let tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let worker = {
-        let (tid, done) = (tid.clone(), done.clone());
-        std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+    let ((slot, commits, aborts), sent) =
+        under_signals(std::time::Duration::from_micros(200), || {
             let mut slot = 0i64;
             let (mut commits, mut aborts) = (0i64, 0u64);
             for _ in 0..ATTEMPTS {
@@ -549,23 +554,8 @@ fn signals_landing_inside_a_long_critical_section_abort_it() {
                     other => panic!("unexpected result code {other}"),
                 }
             }
-            done.store(true, Ordering::Relaxed);
             (slot, commits, aborts)
-        })
-    };
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    let mut sent = 0;
-    while !done.load(Ordering::Relaxed) {
-        let target = tid.load(Ordering::Relaxed);
-        if target != 0 {
-            // SAFETY: signalling our own worker thread, which has a SIGUSR1 handler.
-            let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, target, libc::SIGUSR1) };
-            sent += usize::from(rc == 0);
-        }
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-    let (slot, commits, aborts) = worker.join().unwrap();
+        });
     assert_eq!(slot, commits * VALUE, "an aborted sequence committed");
     assert!(
         aborts > 0,
