@@ -167,6 +167,12 @@ impl Current {
 
     /// The index to use for per-CPU data: [`Index::best`](crate::Index::best) of
     /// [`Self::kernel_size`], read from the thread's registration rather than computed.
+    ///
+    /// The same for every registered thread of a process: the kernel size follows from the
+    /// kernel's feature size and from whether glibc registers rseq, both fixed for the process.
+    /// So per-CPU data shared by all threads can rely on one thread's choice for all (mixing
+    /// `cpu_id` and `mm_cid` indexing on the same data would let two threads on different CPUs
+    /// share an index).
     #[inline]
     pub fn best_index(self) -> crate::Index {
         self.best

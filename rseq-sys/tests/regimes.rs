@@ -89,7 +89,7 @@ fn allocations_go_through_percpu_when_it_is_installed() {
 }
 
 /// The index kept with the registration is the one its kernel size calls for, on this thread and
-/// on a new one.
+/// on a new one, and the same on both (`best_index` promises one choice per process).
 fn assert_best_index_follows_kernel_size() {
     let check = || {
         let current = rseq_sys::current().unwrap();
@@ -102,9 +102,13 @@ fn assert_best_index_follows_kernel_size() {
             Index::CpuId
         };
         assert_eq!(best, expected, "kernel_size {}", current.kernel_size());
+        best
     };
-    check();
-    std::thread::spawn(check).join().unwrap();
+    let here = check();
+    let threads: Vec<_> = (0..4).map(|_| std::thread::spawn(check)).collect();
+    for thread in threads {
+        assert_eq!(thread.join().unwrap(), here, "one index choice per process");
+    }
 }
 
 #[test]
