@@ -12,9 +12,11 @@
 //! slab over the whole 48-bit address space, 1 GiB of address space reserved with
 //! `MAP_NORESERVE`, of which only the pages covering slabs in use are ever written (one 4 KiB
 //! page covers 1 GiB of slabs). A load through the radix tree depends on the block's address
-//! twice; this one once, which `larson` and `mstress` measured at 4% of their time. Where
-//! address space is scarce (a finite `RLIMIT_AS`, or the reservation refused) there is no class
-//! map and the class comes from the descriptor instead.
+//! twice; this one once, which `larson` and `mstress` measured at 4% of their time. Where the
+//! reservation would cost more than address space there is no class map, and the class comes
+//! from the descriptor instead: under a finite `RLIMIT_AS`, under strict overcommit accounting
+//! (`vm.overcommit_memory=2` ignores `MAP_NORESERVE` and would charge the whole GiB), where that
+//! setting cannot be read, or when the reservation is refused.
 //!
 //! Slab address space is never unmapped while the heap lives: a slab the kernel took back stays
 //! reserved for reuse, and reading a stale descriptor is always safe.
@@ -133,7 +135,7 @@ impl PageHeap {
     /// `at` is valid for writes of a `PageHeap` and suitably aligned, holds nothing that needs
     /// dropping, and its `top` bytes are all zero.
     pub(crate) unsafe fn init(at: *mut PageHeap, class_map: bool) {
-        let class_map = if class_map && address_space_is_unlimited() {
+        let class_map = if class_map && reserving_is_free() {
             Mapping::new(CLASS_MAP_ENTRIES)
         } else {
             None
@@ -339,8 +341,46 @@ impl PageHeap {
     }
 }
 
-/// Whether this process may reserve address space freely: no `RLIMIT_AS`, which a 1 GiB class
-/// map would eat into (or fail under).
+/// Whether reserving the 1 GiB class map costs nothing but address space: there is no
+/// `RLIMIT_AS` for it to eat into (or fail under), and the kernel is known not to do strict
+/// overcommit accounting, which ignores `MAP_NORESERVE` and would charge the whole GiB against
+/// the system's commit limit.
+fn reserving_is_free() -> bool {
+    address_space_is_unlimited() && read_overcommit_is_strict() == Some(false)
+}
+
+/// Whether `vm.overcommit_memory` is 2 (strict accounting); `None` when it cannot be read (no
+/// `/proc`), which callers treat as strict. Allocates nothing.
+fn read_overcommit_is_strict() -> Option<bool> {
+    let mut contents = [0u8; 16];
+    // SAFETY: a NUL-terminated path; the descriptor is closed below on every path.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/sys/vm/overcommit_memory".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: reads into a stack buffer we own, no more than its length.
+    let n = unsafe { libc::read(fd, contents.as_mut_ptr().cast(), contents.len()) };
+    // SAFETY: `fd` is open and ours.
+    unsafe { libc::close(fd) };
+    overcommit_is_strict(&contents[..usize::try_from(n).ok()?])
+}
+
+/// Parses `/proc/sys/vm/overcommit_memory`: `Some(true)` for mode 2, `Some(false)` for 0 or 1,
+/// `None` for anything else.
+fn overcommit_is_strict(contents: &[u8]) -> Option<bool> {
+    match contents.trim_ascii() {
+        b"0" | b"1" => Some(false),
+        b"2" => Some(true),
+        _ => None,
+    }
+}
+
+/// Whether this process may reserve address space freely: no `RLIMIT_AS`.
 fn address_space_is_unlimited() -> bool {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -391,12 +431,26 @@ mod tests {
             PageHeap::init(pages.as_mut_ptr(), class_map);
             pages.assume_init()
         };
-        let reserved = class_map && address_space_is_unlimited();
+        let reserved = class_map && reserving_is_free();
         assert_eq!(
             pages.class_map_bytes(),
             if reserved { CLASS_MAP_ENTRIES } else { 0 }
         );
         pages
+    }
+
+    #[test]
+    fn strict_overcommit_is_read_from_its_proc_file() {
+        assert_eq!(overcommit_is_strict(b"0\n"), Some(false));
+        assert_eq!(overcommit_is_strict(b"1\n"), Some(false));
+        assert_eq!(overcommit_is_strict(b"2\n"), Some(true));
+        assert_eq!(overcommit_is_strict(b""), None);
+        assert_eq!(overcommit_is_strict(b"20\n"), None);
+        // This machine's, whatever it is, parses.
+        assert!(
+            read_overcommit_is_strict().is_some(),
+            "no /proc/sys/vm/overcommit_memory"
+        );
     }
 
     /// Every descriptor of a slab that serves no class (mapped or not) reads 0, and the one that

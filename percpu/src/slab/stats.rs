@@ -48,7 +48,8 @@ pub struct AllocStats {
     pub slab_released_bytes: usize,
     /// Address space reserved for the map from slabs to size classes, which `free` reads: 1 GiB
     /// reserved with `MAP_NORESERVE`, of which a page per GiB of slabs is ever touched; 0 where
-    /// address space is limited (`RLIMIT_AS`) and the slab descriptors serve instead.
+    /// that would cost more than address space (a finite `RLIMIT_AS`, strict overcommit
+    /// accounting) and the slab descriptors serve instead.
     pub class_map_reserved_bytes: usize,
 }
 
