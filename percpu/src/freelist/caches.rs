@@ -147,6 +147,7 @@ impl DirectCaches {
         // SAFETY: `list` is a list of the arena (the caller's contract), below MAX_LISTS.
         let entry = unsafe { *self.lists.get_unchecked(list) };
         let region = self.base + ((id as usize) << self.shift);
+        // Count words side by side at the region's start, as `CacheArena::caches` lays them.
         Some((
             (region + list * 8) as *mut usize,
             (region + (entry as u32) as usize) as *mut usize,
@@ -154,8 +155,8 @@ impl DirectCaches {
         ))
     }
 
-    /// One attempt to push `item` into list `list`'s rseq cache on this CPU, as
-    /// `RawFreeList::try_push_fast` makes it: `false`, with nothing done, when the thread has no
+    /// One attempt to push `item` into list `list`'s rseq cache on this CPU, the sequence the
+    /// freelist's own push runs: `false`, with nothing done, when the thread has no
     /// sequences (or none registered yet), the cache is full or locked, or the attempt was
     /// aborted.
     ///
@@ -178,8 +179,8 @@ impl DirectCaches {
         matches!(outcome, Outcome::Committed(()))
     }
 
-    /// One attempt to pop from list `list`'s rseq cache on this CPU, as
-    /// `RawFreeList::try_pop_fast` makes it: `None`, with nothing done, when the thread has no
+    /// One attempt to pop from list `list`'s rseq cache on this CPU, the sequence the
+    /// freelist's own pop runs: `None`, with nothing done, when the thread has no
     /// sequences (or none registered yet), the cache is empty or locked, or the attempt was
     /// aborted.
     ///
