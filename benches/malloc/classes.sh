@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-7}
 source benches/malloc/allocators.sh
-cc -O2 -Wall -o "$work/classes" benches/malloc/classes.c
+classes_bin=$(program classes)
 
 allocators=(percpu mimalloc jemalloc glibc)
 modes=(one two same other many touch)
@@ -18,7 +18,7 @@ for mode in "${modes[@]}"; do
     for ((round = 0; round < rounds; round++)); do
         for ((i = 0; i < ${#allocators[@]}; i++)); do
             a=${allocators[$(((i + round) % ${#allocators[@]}))]}
-            echo "$a $(LD_PRELOAD=${lib[$a]} "$work/classes" "$mode")" >>"$results"
+            echo "$a $(LD_PRELOAD=${lib[$a]} "$classes_bin" "$mode")" >>"$results"
         done
     done
 done

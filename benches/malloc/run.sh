@@ -11,7 +11,7 @@ rounds=${1:-5}
 threads=${2:-$(nproc)}
 scale=${3:-1}
 source benches/malloc/allocators.sh
-cc -O2 -Wall -pthread -o "$work/shapes" benches/malloc/shapes.c
+shapes_bin=$(program shapes)
 
 allocators=(glibc percpu mimalloc jemalloc tcmalloc)
 shapes=(larson xmalloc scratch mstress small)
@@ -23,7 +23,7 @@ for shape in "${shapes[@]}"; do
     for ((round = 0; round < rounds; round++)); do
         for ((i = 0; i < ${#allocators[@]}; i++)); do
             a=${allocators[$(((i + round) % ${#allocators[@]}))]}
-            echo "$a $(LD_PRELOAD=${lib[$a]} "$work/shapes" "$shape" "$t" "$scale")" >>"$results"
+            echo "$a $(LD_PRELOAD=${lib[$a]} "$shapes_bin" "$shape" "$t" "$scale")" >>"$results"
         done
     done
     echo "$shape done" >&2
