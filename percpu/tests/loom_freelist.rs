@@ -12,9 +12,17 @@
 //!    of the new count), a thread finding it held going to the global level, and a drain that
 //!    waits for the lock. The slots are plain memory (loom cells), so loom checks that the lock
 //!    orders every access to them; with a Relaxed lock it must report the race.
+//! 4. The global level's fresh slots (`take_fresh`/`map_chunk` in `freelist/global.rs`): threads
+//!    claim runs of never-used slots with a compare-exchange on one counter, mapping a chunk
+//!    first when nobody has (the loser of that race discards its mapping). Claims must never
+//!    overlap, and a chunk's memory must be published (Release) before its pointer: loom checks
+//!    the slot writes as plain memory, and with a Relaxed publish it must report the race.
 #![cfg(loom)]
 
-use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::ptr;
+
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
 
@@ -435,4 +443,159 @@ fn locked_caches_keep_every_item_once() {
 #[should_panic]
 fn a_relaxed_lock_would_race_on_the_slots() {
     locked_scenario(Ordering::Relaxed);
+}
+
+// ---- 4. Fresh slots of the global level ----
+
+/// Slots per chunk and chunks, small enough for loom to explore every interleaving.
+const CHUNK_SLOTS: u32 = 2;
+const CHUNKS: usize = 2;
+
+/// A chunk's slots' `next` links, as plain memory. The mapper writes them first (standing in
+/// for the kernel's zero fill), so a claimer's write races with it unless the publish orders
+/// them.
+struct Chunk {
+    next: [UnsafeCell<u32>; CHUNK_SLOTS as usize],
+}
+
+struct Fresh {
+    fresh: AtomicU32,
+    chunks: [AtomicPtr<Chunk>; CHUNKS],
+    publish: Ordering,
+}
+
+impl Fresh {
+    fn new(publish: Ordering) -> Arc<Fresh> {
+        Arc::new(Fresh {
+            fresh: AtomicU32::new(0),
+            chunks: [(); CHUNKS].map(|()| AtomicPtr::new(ptr::null_mut())),
+            publish,
+        })
+    }
+
+    fn map_chunk(&self, chunk: usize) -> *mut Chunk {
+        let slots = self.chunks[chunk].load(Ordering::Acquire);
+        if !slots.is_null() {
+            return slots;
+        }
+        let mine = Box::into_raw(Box::new(Chunk {
+            next: [(); CHUNK_SLOTS as usize].map(|()| UnsafeCell::new(0)),
+        }));
+        // SAFETY: our own fresh allocation, not yet shared.
+        for cell in unsafe { &(*mine).next } {
+            // SAFETY: the cell's pointer, valid and not yet shared.
+            cell.with_mut(|next| unsafe { *next = NIL });
+        }
+        match self.chunks[chunk].compare_exchange(
+            ptr::null_mut(),
+            mine,
+            self.publish,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => mine,
+            Err(theirs) => {
+                // SAFETY: ours, never published.
+                drop(unsafe { Box::from_raw(mine) });
+                theirs
+            }
+        }
+    }
+
+    /// As `Global::take_fresh`: up to `k` never-used slots from one chunk, linked.
+    fn take(&self, k: u32) -> Option<(u32, u32)> {
+        let mut first = self.fresh.load(Ordering::Relaxed);
+        loop {
+            let chunk = (first / CHUNK_SLOTS) as usize;
+            if chunk >= CHUNKS {
+                return None;
+            }
+            let slots = self.map_chunk(chunk);
+            let offset = first % CHUNK_SLOTS;
+            let len = k.min(CHUNK_SLOTS - offset);
+            match self.fresh.compare_exchange(
+                first,
+                first + len,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    for i in 0..len {
+                        let next = if i + 1 == len { NIL } else { first + i + 1 };
+                        // SAFETY: the chunk lives until the model ends; the slot is ours.
+                        let cell = unsafe { &(*slots).next[(offset + i) as usize] };
+                        // SAFETY: the cell's pointer; loom checks the write is ordered.
+                        cell.with_mut(|p| unsafe { *p = next });
+                    }
+                    return Some((first, len));
+                }
+                Err(now) => first = now,
+            }
+        }
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        for chunk in &self.chunks {
+            let slots = chunk.load(Ordering::Relaxed);
+            if !slots.is_null() {
+                // SAFETY: published once, freed once, nobody uses it any more.
+                drop(unsafe { Box::from_raw(slots) });
+            }
+        }
+    }
+}
+
+/// Two threads claim fresh slots (one claim crossing into the second chunk): every slot claimed
+/// at most once, every link as its claimer wrote it.
+fn fresh_scenario(publish: Ordering) {
+    bounded().check(move || {
+        let fresh = Fresh::new(publish);
+        let claimers: Vec<_> = [1, 3]
+            .into_iter()
+            .map(|k| {
+                let fresh = fresh.clone();
+                thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut want = k;
+                    while want > 0 {
+                        let Some((first, len)) = fresh.take(want) else {
+                            break;
+                        };
+                        got.push((first, len));
+                        want -= len;
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut slots = Vec::new();
+        for claimer in claimers {
+            for (first, len) in claimer.join().unwrap() {
+                for i in 0..len {
+                    let slot = first + i;
+                    let chunk = fresh.chunks[(slot / CHUNK_SLOTS) as usize].load(Ordering::Acquire);
+                    // SAFETY: every thread has finished; the chunk lives until `fresh` drops.
+                    let cell = unsafe { &(*chunk).next[(slot % CHUNK_SLOTS) as usize] };
+                    // SAFETY: the cell's pointer, read after every writer has been joined.
+                    let next = cell.with(|p| unsafe { *p });
+                    assert_eq!(next, if i + 1 == len { NIL } else { slot + 1 });
+                    slots.push(slot);
+                }
+            }
+        }
+        slots.sort_unstable();
+        assert_eq!(slots, [0, 1, 2, 3], "each slot claimed exactly once");
+    });
+}
+
+#[test]
+fn fresh_slots_are_claimed_once() {
+    fresh_scenario(Ordering::AcqRel);
+}
+
+#[test]
+#[should_panic]
+fn a_relaxed_chunk_publish_would_race_on_its_slots() {
+    fresh_scenario(Ordering::Relaxed);
 }

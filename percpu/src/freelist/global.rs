@@ -1,7 +1,8 @@
 //! The global level: lock-free stacks of chains of slots, allocation-free and ABA-safe.
 //!
 //! Items (block addresses) sit in 32-byte slots, addressed by 32-bit indices, in chunks mapped
-//! on demand. A chain is a linked run of slots (`next`); its first slot records its length and
+//! on demand and handed out from the front as first needed, so that a chunk's pages are
+//! touched only as far as its slots have been used (most levels hold a few batches). A chain is a linked run of slots (`next`); its first slot records its length and
 //! the chain below it on a stack (`next_chain`). Two stacks of chains:
 //!
 //! - `full`: batches of items, each at most [`MAX_CHAIN`] long;
@@ -28,7 +29,7 @@ use crate::storage::Mapping;
 const NIL: u32 = u32::MAX;
 const CHUNK_SHIFT: u32 = 9;
 const CHUNK_SLOTS: usize = 1 << CHUNK_SHIFT;
-/// Chunks of 512 slots (16 KiB, small enough that every shard of every freelist may map one):
+/// Chunks of 512 slots (16 KiB of address space, a page of which is touched per 128 slots used):
 /// up to 8 M items per shard.
 const MAX_CHUNKS: usize = 1 << 14;
 /// Longest chain on the `full` stack: the most items one batch move carries.
@@ -75,6 +76,9 @@ const fn tag_of(head: u64) -> u32 {
 struct Header {
     full: ChainStack,
     free: ChainStack,
+    /// The first slot never handed out: slots below it are in chains (on a stack or taken),
+    /// slots from it on are untouched. Only grows.
+    fresh: AtomicU32,
     chunks: [AtomicPtr<Slot>; MAX_CHUNKS],
 }
 
@@ -182,39 +186,64 @@ impl Global {
         from
     }
 
-    /// Maps one more chunk and puts its slots on the free stack. `false` when the directory is
-    /// full or the kernel refuses memory.
-    fn grow(&self) -> bool {
-        for (chunk_index, entry) in self.h().chunks.iter().enumerate() {
-            if !entry.load(Ordering::Acquire).is_null() {
-                continue;
+    /// Up to `k` (at least 1) slots never handed out before, linked into a chain: `(first,
+    /// len)`, all in one chunk, which is mapped first if no thread has mapped it yet. `None`
+    /// when every chunk is used or the kernel refuses memory.
+    fn take_fresh(&self, k: u32) -> Option<(u32, u32)> {
+        let fresh = &self.h().fresh;
+        let mut first = fresh.load(Ordering::Relaxed);
+        loop {
+            let chunk = first as usize >> CHUNK_SHIFT;
+            if chunk >= MAX_CHUNKS {
+                return None;
             }
-            let Some(mapping) = Mapping::new(CHUNK_SLOTS * core::mem::size_of::<Slot>()) else {
-                return false;
-            };
-            let base = (chunk_index << CHUNK_SHIFT) as u32;
-            let slots = mapping.as_ptr().cast::<Slot>();
-            for i in 0..CHUNK_SLOTS {
-                let next = if i + 1 == CHUNK_SLOTS {
-                    NIL
-                } else {
-                    base + i as u32 + 1
-                };
-                // SAFETY: `i < CHUNK_SLOTS` inside a fresh, zeroed mapping of that many slots.
-                unsafe { (*slots.add(i)).next.store(next, Ordering::Relaxed) };
+            // Mapped before any of its slots is claimed, so a refused mapping loses none.
+            let slots = self.map_chunk(chunk)?;
+            let offset = first as usize & (CHUNK_SLOTS - 1);
+            let len = k.min((CHUNK_SLOTS - offset) as u32);
+            match fresh.compare_exchange_weak(
+                first,
+                first + len,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    // Ours alone: `[first, first + len)` was claimed by the exchange.
+                    for i in 0..len as usize {
+                        let next = if i + 1 == len as usize {
+                            NIL
+                        } else {
+                            first + i as u32 + 1
+                        };
+                        // SAFETY: `offset + i < CHUNK_SLOTS`, inside the mapped chunk.
+                        unsafe { (*slots.add(offset + i)).next.store(next, Ordering::Relaxed) };
+                    }
+                    return Some((first, len));
+                }
+                Err(now) => first = now,
             }
-            if entry
-                .compare_exchange(ptr::null_mut(), slots, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                core::mem::forget(mapping); // Unmapped in Drop.
-                self.push_chain(&self.h().free, base, CHUNK_SLOTS as u32);
-            }
-            // Lost the race: another thread grew this entry; our mapping is dropped. Either
-            // way there are more free slots now.
-            return true;
         }
-        false
+    }
+
+    /// Chunk `chunk`'s slots, mapping the chunk if nobody has yet. `None` when the kernel
+    /// refuses memory.
+    fn map_chunk(&self, chunk: usize) -> Option<*mut Slot> {
+        let entry = &self.h().chunks[chunk];
+        let slots = entry.load(Ordering::Acquire);
+        if !slots.is_null() {
+            return Some(slots);
+        }
+        let mapping = Mapping::new(CHUNK_SLOTS * core::mem::size_of::<Slot>())?;
+        let slots = mapping.as_ptr().cast::<Slot>();
+        // Release: whoever finds the pointer finds the mapping (zeroed) with it.
+        match entry.compare_exchange(ptr::null_mut(), slots, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                core::mem::forget(mapping); // Unmapped in Drop.
+                Some(slots)
+            }
+            // Another thread mapped it first: use theirs; ours is unmapped as it drops.
+            Err(theirs) => Some(theirs),
+        }
     }
 
     /// A chain of exactly `k` free slots, or `None` when no memory can be had.
@@ -222,10 +251,10 @@ impl Global {
         debug_assert!(k > 0);
         let (mut first, mut last, mut have) = (NIL, NIL, 0u32);
         while have < k {
-            let Some((chain, len)) = self.pop_chain(&self.h().free) else {
-                if self.grow() {
-                    continue;
-                }
+            let taken = self
+                .pop_chain(&self.h().free)
+                .or_else(|| self.take_fresh(k - have));
+            let Some((chain, len)) = taken else {
                 if have > 0 {
                     self.push_chain(&self.h().free, first, have);
                 }
@@ -447,6 +476,44 @@ mod tests {
         assert!(resident(header));
         assert_eq!(g.pop_one(), Some(1));
         assert_eq!(g.pop_one(), None);
+    }
+
+    /// Slots are handed out from the front of a chunk as first needed: a level that has held a
+    /// batch has touched one page of its chunk, not the whole chunk.
+    #[test]
+    fn a_chunk_is_touched_only_as_far_as_its_slots_are_used() {
+        let g = Global::new().unwrap();
+        let items: Vec<usize> = (1..=MAX_CHAIN).collect();
+        g.push_items(&items).unwrap();
+        let chunk = g.h().chunks[0].load(Ordering::Relaxed).cast::<u8>();
+        assert!(!chunk.is_null());
+        let page = 4096;
+        let pages = CHUNK_SLOTS * core::mem::size_of::<Slot>() / page;
+        assert!(resident(chunk), "the first page holds the batch");
+        if !huge_pages_always() {
+            for p in 1..pages {
+                // SAFETY: inside the chunk's mapping.
+                let at = unsafe { chunk.add(p * page) };
+                assert!(!resident(at), "page {p} of {pages} touched for one batch");
+            }
+        }
+        // Popped and pushed again, the batch reuses its slots: still one page.
+        let mut out = [0usize; MAX_CHAIN];
+        assert_eq!(pop_batch(&g, &mut out), MAX_CHAIN);
+        g.push_items(&items).unwrap();
+        assert_eq!(g.h().fresh.load(Ordering::Relaxed), MAX_CHAIN as u32);
+        // Enough items for every slot of the chunk: every page in use.
+        for _ in 1..CHUNK_SLOTS / MAX_CHAIN {
+            g.push_items(&items).unwrap();
+        }
+        for p in 0..pages {
+            // SAFETY: as above.
+            assert!(resident(unsafe { chunk.add(p * page) }), "page {p}");
+        }
+        assert!(
+            g.h().chunks[1].load(Ordering::Relaxed).is_null(),
+            "one chunk holds them"
+        );
     }
 
     #[test]
