@@ -2,8 +2,9 @@
 //!
 //! Items (block addresses) sit in 32-byte slots, addressed by 32-bit indices, in chunks mapped
 //! on demand and handed out from the front as first needed, so that a chunk's pages are
-//! touched only as far as its slots have been used (most levels hold a few batches). A chain is a linked run of slots (`next`); its first slot records its length and
-//! the chain below it on a stack (`next_chain`). Two stacks of chains:
+//! touched only as far as its slots have been used (most levels hold a few batches). A chain
+//! is a linked run of slots (`next`); its first slot records its length and the chain below it
+//! on a stack (`next_chain`). Two stacks of chains:
 //!
 //! - `full`: batches of items, each at most [`MAX_CHAIN`] long;
 //! - `free`: slots holding nothing, ready to carry items.
