@@ -2,7 +2,8 @@
 //! librseq: each thread measures its own CPU time (`CLOCK_THREAD_CPUTIME_ID`) over its
 //! increments, so a thread that waits for a CPU is not charged for the wait. Prints, per thread
 //! count, the median thread's ns per increment for each contender (median of the rounds, which
-//! alternate the contenders) and the ratio of each to `percpu::Counter`; checks every sum.
+//! alternate the contenders) and the ratio of each to `percpu::Counter`; checks that percpu and
+//! the shared atomic counted every increment.
 //!
 //! `cargo run --release -p percpu-benches --example counter_scaling [ROUNDS (3)] [INCS (5000000)]`
 
