@@ -1,10 +1,12 @@
 //! The global level: lock-free stacks of chains of slots, allocation-free and ABA-safe.
 //!
-//! Items (block addresses) sit in 32-byte slots, addressed by 32-bit indices, in chunks mapped
-//! on demand and handed out from the front as first needed, so that a chunk's pages are
-//! touched only as far as its slots have been used (most levels hold a few batches). A chain
-//! is a linked run of slots (`next`); its first slot records its length and the chain below it
-//! on a stack (`next_chain`). Two stacks of chains:
+//! Items (block addresses) sit in 32-byte slots, addressed by 32-bit indices, in chunks handed
+//! out from the front as first needed, so that a chunk's pages are touched only as far as its
+//! slots have been used (most levels hold a few batches). The first chunk lies in the level's
+//! header, right after the stack heads, so a level holding a batch or two touches one page in
+//! all; the others are mapped on demand. A chain is a linked run of slots (`next`); its first
+//! slot records its length and the chain below it on a stack (`next_chain`). Two stacks of
+//! chains:
 //!
 //! - `full`: batches of items, each at most [`MAX_CHAIN`] long;
 //! - `free`: slots holding nothing, ready to carry items.
@@ -80,6 +82,11 @@ struct Header {
     /// The first slot never handed out: slots below it are in chains (on a stack or taken),
     /// slots from it on are untouched. Only grows.
     fresh: AtomicU32,
+    /// Chunk 0's slots, on the stack heads' page and the pages after it: a level that never
+    /// holds more than about a hundred items touches that one page in all. Its entry in
+    /// `chunks` stays null.
+    first_chunk: [Slot; CHUNK_SLOTS],
+    /// Chunks 1 and up, mapped on demand.
     chunks: [AtomicPtr<Slot>; MAX_CHUNKS],
 }
 
@@ -109,12 +116,16 @@ impl Global {
     }
 
     fn slot(&self, index: u32) -> &Slot {
-        let chunk = self.h().chunks[(index >> CHUNK_SHIFT) as usize].load(Ordering::Acquire);
+        let (chunk, offset) = (index >> CHUNK_SHIFT, index as usize & (CHUNK_SLOTS - 1));
+        if chunk == 0 {
+            return &self.h().first_chunk[offset];
+        }
+        let chunk = self.h().chunks[chunk as usize].load(Ordering::Acquire);
         debug_assert!(!chunk.is_null(), "slot {index} in an unmapped chunk");
         // SAFETY: indices reach callers only from stacks, whose chains were built from mapped
         // chunks published (Release) before their slots were pushed; chunks stay mapped until
         // drop, and the offset is below CHUNK_SLOTS.
-        unsafe { &*chunk.add(index as usize & (CHUNK_SLOTS - 1)) }
+        unsafe { &*chunk.add(offset) }
     }
 
     fn push_chain(&self, stack: &ChainStack, first: u32, len: u32) {
@@ -229,6 +240,10 @@ impl Global {
     /// Chunk `chunk`'s slots, mapping the chunk if nobody has yet. `None` when the kernel
     /// refuses memory.
     fn map_chunk(&self, chunk: usize) -> Option<*mut Slot> {
+        if chunk == 0 {
+            // In the header's mapping, which exists as long as the level does.
+            return Some(self.h().first_chunk.as_ptr().cast_mut());
+        }
         let entry = &self.h().chunks[chunk];
         let slots = entry.load(Ordering::Acquire);
         if !slots.is_null() {
@@ -479,42 +494,66 @@ mod tests {
         assert_eq!(g.pop_one(), None);
     }
 
-    /// Slots are handed out from the front of a chunk as first needed: a level that has held a
-    /// batch has touched one page of its chunk, not the whole chunk.
+    /// The pages of `len` bytes from `start` (page-aligned) that are resident.
+    fn resident_pages(start: *const u8, len: usize) -> Vec<usize> {
+        let page = 4096;
+        // SAFETY: every page lies inside the mapping that starts at `start`.
+        (0..len.div_ceil(page))
+            .filter(|&p| resident(unsafe { start.add(p * page) }))
+            .collect()
+    }
+
+    /// Slots are handed out from the front of a chunk as first needed, the first chunk right
+    /// after the stack heads: a level that has held a batch has touched one page in all.
     #[test]
-    fn a_chunk_is_touched_only_as_far_as_its_slots_are_used() {
+    fn a_level_is_touched_only_as_far_as_its_slots_are_used() {
         let g = Global::new().unwrap();
+        let header = g.header.as_ptr().cast_const();
+        // The heads and the first chunk; the chunk table after them is left out, because
+        // reading its entries below would make its first page count as resident.
+        let before_table = core::mem::offset_of!(Header, chunks);
+        let chunk_len = CHUNK_SLOTS * core::mem::size_of::<Slot>();
+        // Resident pages before the table and in the chunks mapped (only two are used here).
+        let touched = |g: &Global| {
+            let head = resident_pages(header, before_table).len();
+            let chunks = g.h().chunks[..2].iter().map(|c| c.load(Ordering::Relaxed));
+            head + chunks
+                .filter(|c| !c.is_null())
+                .map(|c| resident_pages(c.cast(), chunk_len).len())
+                .sum::<usize>()
+        };
         let items: Vec<usize> = (1..=MAX_CHAIN).collect();
         g.push_items(&items).unwrap();
-        let chunk = g.h().chunks[0].load(Ordering::Relaxed).cast::<u8>();
-        assert!(!chunk.is_null());
-        let page = 4096;
-        let pages = CHUNK_SLOTS * core::mem::size_of::<Slot>() / page;
-        assert!(resident(chunk), "the first page holds the batch");
         if !huge_pages_always() {
-            for p in 1..pages {
-                // SAFETY: inside the chunk's mapping.
-                let at = unsafe { chunk.add(p * page) };
-                assert!(!resident(at), "page {p} of {pages} touched for one batch");
-            }
+            assert_eq!(touched(&g), 1, "one batch: only the heads' page");
         }
         // Popped and pushed again, the batch reuses its slots: still one page.
         let mut out = [0usize; MAX_CHAIN];
         assert_eq!(pop_batch(&g, &mut out), MAX_CHAIN);
         g.push_items(&items).unwrap();
         assert_eq!(g.h().fresh.load(Ordering::Relaxed), MAX_CHAIN as u32);
-        // Enough items for every slot of the chunk: every page in use.
+        // Enough items for every slot of the first chunk: each of its pages in use, and no
+        // chunk mapped.
         for _ in 1..CHUNK_SLOTS / MAX_CHAIN {
             g.push_items(&items).unwrap();
         }
-        for p in 0..pages {
-            // SAFETY: as above.
-            assert!(resident(unsafe { chunk.add(p * page) }), "page {p}");
+        let pages = before_table.div_ceil(4096);
+        assert!(g.h().chunks[1].load(Ordering::Relaxed).is_null());
+        if !huge_pages_always() {
+            assert_eq!(touched(&g), pages, "a full first chunk");
         }
+        // One batch more opens the second chunk, a mapping of its own, and touches its first
+        // page only.
+        g.push_items(&items).unwrap();
+        let chunk1 = g.h().chunks[1].load(Ordering::Relaxed).cast::<u8>();
+        assert!(!chunk1.is_null());
         assert!(
-            g.h().chunks[1].load(Ordering::Relaxed).is_null(),
-            "one chunk holds them"
+            resident(chunk1),
+            "the second chunk's first page holds the batch"
         );
+        if !huge_pages_always() {
+            assert_eq!(touched(&g), pages + 1, "one batch in the second chunk");
+        }
     }
 
     #[test]
@@ -601,8 +640,8 @@ mod tests {
             .filter(|c| !c.load(Ordering::Relaxed).is_null())
             .count();
         assert_eq!(
-            mapped, 3,
-            "three chunks cover 3 × 4096 items; later rounds reuse them"
+            mapped, 2,
+            "three chunks cover 3 × 512 items (the header's and two mapped); later rounds reuse them"
         );
     }
 }
