@@ -2,8 +2,9 @@
 //!
 //! Each CPU gets one region of `1 << shift` bytes, so finding CPU `id`'s cache is a shift and an
 //! add, with no multiply on the fast path. A region holds the caches of one or more freelists:
-//! first all their count words side by side, then all their harvested words (written by any
-//! thread, so kept off the count words' lines), then each freelist's slots. The slab allocator
+//! first each one's count word and limit word (how many slots a push may fill now, read with
+//! the count), side by side; then each one's harvested word and overflow mark (written by any
+//! thread, so kept off the count words' lines); then each freelist's slots. The slab allocator
 //! puts all its size classes in one arena this way, so a program using many classes keeps their
 //! count words in a few cache lines per CPU instead of one line (and one page) per class.
 
@@ -16,11 +17,14 @@ use crate::mode::rseq_path_if_registered;
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
 
 /// Bits of pop count a count word holds: harvest at least this often per CPU.
-const POPS_BITS: u32 = usize::BITS - STACK_POPS_SHIFT;
+pub(crate) const POPS_BITS: u32 = usize::BITS - STACK_POPS_SHIFT;
 pub(crate) const POPS_MASK: u64 = (1 << POPS_BITS) - 1;
 
 /// Alignment of each freelist's slots inside a region: a whole cache line.
 const SLOTS_ALIGN: usize = 64;
+
+/// Bytes per list in each of a region's two word blocks: (count, limit), then (harvested, mark).
+pub(crate) const WORD_PAIR: usize = 16;
 
 /// Per-CPU memory for the caches of `lists` freelists.
 #[derive(Debug)]
@@ -46,7 +50,7 @@ impl CacheArena {
         if !(1..=MAX_LISTS).contains(&lists) {
             return None;
         }
-        let words = round_up(lists * 8, CPU_BLOCK_ALIGN);
+        let words = round_up(lists * WORD_PAIR, CPU_BLOCK_ALIGN);
         let mut slots_at = [0; MAX_LISTS];
         let mut stored_capacities = [0; MAX_LISTS];
         stored_capacities[..lists].copy_from_slice(capacities);
@@ -101,12 +105,12 @@ impl CacheArena {
     pub(crate) unsafe fn caches(&self, list: usize) -> Caches {
         debug_assert!(list < self.lists);
         let base = self.mapping.as_ptr();
-        let words = round_up(self.lists * 8, CPU_BLOCK_ALIGN);
+        let words = round_up(self.lists * WORD_PAIR, CPU_BLOCK_ALIGN);
         // SAFETY: all three offsets lie inside region 0 of the mapping (see `new`).
         unsafe {
             Caches {
-                counts: NonNull::new_unchecked(base.add(list * 8).cast()),
-                harvested: NonNull::new_unchecked(base.add(words + list * 8).cast()),
+                counts: NonNull::new_unchecked(base.add(list * WORD_PAIR).cast()),
+                harvested: NonNull::new_unchecked(base.add(words + list * WORD_PAIR).cast()),
                 slots: NonNull::new_unchecked(base.add(self.slots_at[list]).cast()),
                 shift: self.shift,
                 _own: None,
@@ -132,11 +136,12 @@ pub(crate) struct DirectCaches {
     /// Indices below this have rseq caches: as each freelist of the arena allows.
     rseq_cpus: u32,
     /// Per list: its slots' byte offset inside a region (low half) and capacity (high half).
+    /// The capacity bounds the limit words; pushes go by the limit.
     lists: [u64; MAX_LISTS],
 }
 
 impl DirectCaches {
-    /// List `list`'s rseq cache on index `id`: count word, slots and capacity; `None` for
+    /// List `list`'s rseq cache on index `id`: count word, slots and limit; `None` for
     /// indices without one.
     #[inline(always)]
     fn cache(&self, id: u32, list: usize) -> Option<(*mut usize, *mut usize, usize)> {
@@ -147,11 +152,21 @@ impl DirectCaches {
         // SAFETY: `list` is a list of the arena (the caller's contract), below MAX_LISTS.
         let entry = unsafe { *self.lists.get_unchecked(list) };
         let region = self.base + ((id as usize) << self.shift);
-        // Count words side by side at the region's start, as `CacheArena::caches` lays them.
+        // (count, limit) pairs side by side at the region's start, as `CacheArena::caches` lays
+        // them: the limit shares the count word's line.
+        let count = region + list * WORD_PAIR;
+        // SAFETY: the limit word of region `id` (a region of the arena: `id < rseq_cpus`),
+        // aligned, only ever accessed atomically.
+        let limit = unsafe { AtomicUsize::from_ptr((count + 8) as *mut usize) };
+        let limit = limit.load(Ordering::Relaxed);
+        debug_assert!(
+            limit <= (entry >> 32) as usize,
+            "limit {limit} past capacity"
+        );
         Some((
-            (region + list * 8) as *mut usize,
+            count as *mut usize,
             (region + (entry as u32) as usize) as *mut usize,
-            (entry >> 32) as usize,
+            limit,
         ))
     }
 
@@ -168,14 +183,14 @@ impl DirectCaches {
             return false;
         };
         let id = seq.current().index(index);
-        let Some((count, slots, capacity)) = self.cache(id, list) else {
+        let Some((count, slots, limit)) = self.cache(id, list) else {
             return false;
         };
-        // SAFETY: `count` and `slots[..capacity]` are index `id`'s cache of a freelist (the
-        // table's contract), written only by sequences on `id` or under its lock bit, which
-        // makes the push fail.
+        // SAFETY: `count` and `slots[..limit]` are index `id`'s cache of a freelist (the
+        // table's contract; limits never exceed the capacity), written only by sequences on
+        // `id` or under its lock bit, which makes the push fail.
         let outcome =
-            unsafe { seq.stack_push(index, id, count, slots, capacity, item.as_ptr() as usize) };
+            unsafe { seq.stack_push(index, id, count, slots, limit, item.as_ptr() as usize) };
         matches!(outcome, Outcome::Committed(()))
     }
 
@@ -196,8 +211,9 @@ impl DirectCaches {
     }
 }
 
-/// One freelist's per-CPU caches: CPU `id`'s count word, harvested word and slots lie
-/// `id << shift` bytes past CPU 0's.
+/// One freelist's per-CPU caches: CPU `id`'s count word, limit word, harvested word, overflow
+/// mark and slots lie `id << shift` bytes past CPU 0's (the limit 8 bytes past the count, the
+/// mark 8 past the harvested word).
 #[derive(Debug)]
 #[repr(C)] // What push and pop read first (see `RawFreeList`).
 pub(crate) struct Caches {
@@ -247,6 +263,35 @@ impl Caches {
         unsafe { AtomicUsize::from_ptr(self.of(id).0) }
     }
 
+    /// CPU `id`'s limit word: how many items a push may leave in the cache now (0 until the
+    /// freelist first sets it; never more than the capacity).
+    #[inline(always)]
+    pub(crate) fn limit(&self, id: usize) -> &AtomicUsize {
+        // SAFETY: an aligned usize inside region `id`, 8 bytes past its count word; only ever
+        // accessed atomically (the fast paths load it, the slow paths store it).
+        unsafe { AtomicUsize::from_ptr(self.of(id).0.byte_add(8)) }
+    }
+
+    /// CPU `id`'s overflow mark: the count word's pop count when its last overflow ended (low
+    /// [`POPS_BITS`] bits), and how many overflows in a row saw few pops (the bits above).
+    pub(crate) fn mark(&self, id: usize) -> &AtomicUsize {
+        // SAFETY: an aligned usize inside region `id`, 8 bytes past its harvested word; only
+        // ever accessed atomically.
+        unsafe {
+            AtomicUsize::from_ptr(
+                self.harvested
+                    .as_ptr()
+                    .byte_add((id << self.shift) + 8)
+                    .cast(),
+            )
+        }
+    }
+
+    /// CPU `id`'s pop count, from its count word (modulo `POPS_MASK + 1`).
+    pub(crate) fn pops(&self, id: usize) -> usize {
+        self.count(id).load(Ordering::Relaxed) >> STACK_POPS_SHIFT
+    }
+
     /// CPU `id`'s depth, from its count word (at most `capacity`).
     pub(crate) fn depth(&self, id: usize, capacity: usize) -> usize {
         (self.count(id).load(Ordering::Relaxed) & STACK_DEPTH_MASK).min(capacity)
@@ -293,13 +338,22 @@ mod tests {
         for id in 0..4 {
             for (l, (caches, capacity)) in lists.iter().zip([3, 2048, 1]).enumerate() {
                 let (count, slots) = caches.of(id);
+                let limit = caches.limit(id).as_ptr() as usize;
                 let harvested = caches.harvested.as_ptr() as usize + (id << arena.shift);
+                let mark = caches.mark(id).as_ptr() as usize;
                 let base = arena.mapping.as_ptr() as usize + id * region;
-                assert_eq!(count as usize, base + 8 * l, "count words side by side");
+                assert_eq!(count as usize, base + 16 * l, "count words side by side");
+                assert_eq!(
+                    limit,
+                    count as usize + 8,
+                    "each limit beside its count word"
+                );
                 assert!(harvested >= base + 128 && harvested < base + 256);
+                assert_eq!(mark, harvested + 8, "each mark beside its harvested word");
                 assert_eq!(slots as usize % 64, 0);
-                spans.push((count as usize, count as usize + 8));
-                spans.push((harvested, harvested + 8));
+                for word in [count as usize, limit, harvested, mark] {
+                    spans.push((word, word + 8));
+                }
                 spans.push((slots as usize, slots as usize + capacity * 8));
                 assert!(slots as usize + capacity * 8 <= base + region);
             }
@@ -310,7 +364,8 @@ mod tests {
         }
     }
 
-    /// The table finds exactly each list's own caches, and none past its index bound.
+    /// The table finds exactly each list's own caches and limits, and none past its index
+    /// bound.
     #[test]
     fn direct_caches_agree_with_each_lists_own() {
         let capacities = [3, 2048, 1, 100];
@@ -321,13 +376,21 @@ mod tests {
         let (direct, partial) = unsafe { (arena.direct(4), arena.direct(2)) };
         for id in 0..4u32 {
             for (l, caches) in lists.iter().enumerate() {
+                // A limit of its own per CPU and list, below the capacity.
+                let limit = (id as usize + l) % (capacities[l] + 1);
+                caches.limit(id as usize).store(limit, Ordering::Relaxed);
+            }
+        }
+        for id in 0..4u32 {
+            for (l, caches) in lists.iter().enumerate() {
                 let (count, slots) = caches.of(id as usize);
+                let limit = (id as usize + l) % (capacities[l] + 1);
                 assert_eq!(
                     direct.cache(id, l),
-                    Some((count, slots, capacities[l])),
+                    Some((count, slots, limit)),
                     "index {id}, list {l}"
                 );
-                let expected = (id < 2).then_some((count, slots, capacities[l]));
+                let expected = (id < 2).then_some((count, slots, limit));
                 assert_eq!(partial.cache(id, l), expected, "index {id}, list {l}");
             }
         }

@@ -163,6 +163,9 @@ pub struct RawFreeList {
     cpus: usize,
     /// Items moved per overflow or refill.
     batch: usize,
+    /// The least a cache's limit word can be; below `capacity` when limits adapt (see
+    /// `adapt_limit`), else equal to it.
+    min_limit: usize,
     /// The global level, one shard per CPU (up to 16).
     global: Shards,
     /// Operations that bypass the count words' pop counting (see [`FreeListStats`]).
@@ -235,11 +238,13 @@ impl RawFreeList {
         let cpus = rseq_sys::possible_cpus() as usize;
         let caches = Caches::new(cpus, capacity_per_cpu).ok_or(FreeListError::OutOfMemory)?;
         let locked = Caches::new(cpus, capacity_per_cpu).ok_or(FreeListError::OutOfMemory)?;
-        RawFreeList::with_caches(caches, locked, cpus, capacity_per_cpu)
+        RawFreeList::with_caches(caches, locked, cpus, capacity_per_cpu, false)
     }
 
     /// A freelist whose caches are list `list` of `arena` (rseq) and of `locked` (threads
     /// without rseq), both made for possible CPUs with `capacity_per_cpu` slots for that list.
+    /// With `adaptive`, each rseq cache's limit follows its use (see `adapt_limit`) instead of
+    /// staying at the capacity.
     ///
     /// # Safety
     /// The arenas outlive the freelist, and no other freelist uses list `list` of them.
@@ -248,6 +253,7 @@ impl RawFreeList {
         locked: &CacheArena,
         list: usize,
         capacity_per_cpu: usize,
+        adaptive: bool,
     ) -> Result<RawFreeList, FreeListError> {
         if !(1..=MAX_CAPACITY_PER_CPU).contains(&capacity_per_cpu) {
             return Err(FreeListError::BadCapacity(capacity_per_cpu));
@@ -255,7 +261,7 @@ impl RawFreeList {
         // SAFETY: forwarded contract.
         let (caches, locked) = unsafe { (arena.caches(list), locked.caches(list)) };
         let cpus = rseq_sys::possible_cpus() as usize;
-        RawFreeList::with_caches(caches, locked, cpus, capacity_per_cpu)
+        RawFreeList::with_caches(caches, locked, cpus, capacity_per_cpu, adaptive)
     }
 
     fn with_caches(
@@ -263,15 +269,18 @@ impl RawFreeList {
         locked: Caches,
         cpus: usize,
         capacity_per_cpu: usize,
+        adaptive: bool,
     ) -> Result<RawFreeList, FreeListError> {
         let global = Shards::new(cpus).ok_or(FreeListError::OutOfMemory)?;
+        let batch = (capacity_per_cpu / 2).clamp(1, MAX_CHAIN);
         Ok(RawFreeList {
             caches,
             locked,
             cpus,
             rseq_cpus: if forced_fallback() { 0 } else { cpus },
             capacity: capacity_per_cpu,
-            batch: (capacity_per_cpu / 2).clamp(1, MAX_CHAIN),
+            batch,
+            min_limit: if adaptive { batch } else { capacity_per_cpu },
             global,
             ops: RawCounters::new(),
         })
@@ -343,10 +352,10 @@ impl RawFreeList {
                     break;
                 }
                 let (count, slots) = self.cache(id);
+                let limit = self.caches.limit(id).load(Ordering::Relaxed);
                 // SAFETY: the cache of `id`, written only by sequences on `id` (or by a drain
-                // that locked it first).
-                match unsafe { seq.stack_push(index, id as u32, count, slots, self.capacity, item) }
-                {
+                // that locked it first); `limit` is at most the capacity.
+                match unsafe { seq.stack_push(index, id as u32, count, slots, limit, item) } {
                     Outcome::Committed(()) => return Ok(()),
                     Outcome::Aborted => continue,
                     Outcome::CompareFailed => {
@@ -505,8 +514,9 @@ impl RawFreeList {
         }
     }
 
-    /// The cache is full (or locked by a drain): move `item` and a batch from the cache to the
-    /// global level (or below it), with the destination made certain first so nothing can be
+    /// The cache is full (or locked by a drain, or has no limit yet: then it gets one, and
+    /// `item` goes in if it can): move `item` and a batch from the cache to the global level
+    /// (or below it), with the destination made certain first so nothing can be
     /// stranded: reserved global slots, or a backing that always takes what it is given.
     #[cold]
     fn push_overflow<B: Backing>(&self, item: usize, backing: B) -> Result<(), ()> {
@@ -515,6 +525,19 @@ impl RawFreeList {
             return self.push_direct(item, backing);
         };
         let id = self.harvest_current(seq, index);
+        if id < self.cpus && self.caches.limit(id).load(Ordering::Relaxed) == 0 {
+            // The cache's first push: it had no limit yet. Give it one and push once more.
+            self.start_limit(id);
+            if self.push_once(seq, index, item) {
+                return Ok(());
+            }
+        }
+        let adapts = id < self.cpus && self.min_limit < self.capacity;
+        let popped_since = if adapts {
+            self.popped_since_overflow(id)
+        } else {
+            0
+        };
         let destination = self
             .overflow_destination(id, self.batch, backing)
             .ok_or(())?;
@@ -544,7 +567,73 @@ impl RawFreeList {
         destination.send(self, &batch[..n], backing);
         self.ops.add(DIRECT_PUSHES, 1);
         self.ops.add(OVERFLOW_POPS, n as i64 - 1);
+        if adapts {
+            self.adapt_limit(id, popped_since);
+        }
         Ok(())
+    }
+
+    /// One push attempt into the current CPU's cache, as the fast path makes it.
+    fn push_once(&self, seq: Sequences, index: Index, item: usize) -> bool {
+        let Some((id, count, slots)) = self.rseq_cache(seq, index) else {
+            return false;
+        };
+        let limit = self.caches.limit(id as usize).load(Ordering::Relaxed);
+        // SAFETY: as in `push_backed`.
+        let outcome = unsafe { seq.stack_push(index, id, count, slots, limit, item) };
+        matches!(outcome, Outcome::Committed(()))
+    }
+
+    /// Gives cache `id` its first limit (the least one, or the capacity when limits do not
+    /// adapt) unless another thread did, and starts its overflow mark.
+    fn start_limit(&self, id: usize) {
+        let first = self.caches.limit(id).compare_exchange(
+            0,
+            self.min_limit,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if first.is_ok() {
+            self.caches
+                .mark(id)
+                .store(self.caches.pops(id), Ordering::Relaxed);
+        }
+    }
+
+    /// Pops from cache `id` since its last overflow ended (or since its limit was set).
+    fn popped_since_overflow(&self, id: usize) -> usize {
+        let mark = self.caches.mark(id).load(Ordering::Relaxed);
+        self.caches.pops(id).wrapping_sub(mark) & caches::POPS_MASK as usize
+    }
+
+    /// After an overflow of cache `id`, which saw `popped` pops since the one before, its limit
+    /// follows its use:
+    /// - callers took at least half a batch from it meanwhile: it is used both ways, and a
+    ///   larger one saves trips to the global level, so the limit doubles (up to the capacity);
+    /// - it has overflowed a capacity's worth of times in a row with fewer pops: it only
+    ///   collects (its CPU frees what others allocate), and what it holds nobody here reuses,
+    ///   so the limit halves (down to a batch).
+    ///
+    /// The second rule waits for a whole capacity of pushes so that a burst of frees that a
+    /// larger cache would hold is not taken for collecting. The mark then records the pop count
+    /// past this overflow's own pops, and the overflows in a row in its top bits.
+    fn adapt_limit(&self, id: usize, popped: usize) {
+        let limit = self.caches.limit(id);
+        let mark = self.caches.mark(id);
+        let now = limit.load(Ordering::Relaxed).max(self.min_limit);
+        let in_a_row = mark.load(Ordering::Relaxed) >> caches::POPS_BITS;
+        let (next, in_a_row) = if 2 * popped >= self.batch {
+            ((2 * now).min(self.capacity), 0)
+        } else if (in_a_row + 1) * self.batch >= self.capacity {
+            ((now / 2).max(self.min_limit), 0)
+        } else {
+            (now, in_a_row + 1)
+        };
+        limit.store(next, Ordering::Relaxed);
+        mark.store(
+            self.caches.pops(id) | in_a_row << caches::POPS_BITS,
+            Ordering::Relaxed,
+        );
     }
 
     /// Where a batch of `n` leaving cache `id` goes, made certain before it leaves so nothing
@@ -697,6 +786,9 @@ impl RawFreeList {
             return self.pop_direct(backing);
         };
         let id = self.harvest_current(seq, index);
+        if id < self.cpus && self.caches.limit(id).load(Ordering::Relaxed) == 0 {
+            self.start_limit(id);
+        }
         let mut batch = [0usize; MAX_CHAIN];
         let (n, rest) = self.refill_batch(id, &mut batch, backing);
         if n == 0 {
@@ -711,10 +803,10 @@ impl RawFreeList {
             let Some((id, count, cache)) = self.rseq_cache(seq, index) else {
                 break;
             };
+            let limit = self.caches.limit(id as usize).load(Ordering::Relaxed);
             // SAFETY: as in `push_backed`.
-            match unsafe {
-                seq.stack_push_many(index, id, count, cache, self.capacity, &batch[placed..n])
-            } {
+            match unsafe { seq.stack_push_many(index, id, count, cache, limit, &batch[placed..n]) }
+            {
                 Outcome::Committed(pushed) => placed += pushed,
                 Outcome::Aborted => continue,
                 Outcome::CompareFailed => break,

@@ -56,10 +56,11 @@ pub(crate) struct Heap {
     classes: [Class; CLASSES],
 }
 
-/// Bytes of a cache region's first page that hold count words and harvested words (with room
-/// to spare: 48 classes use 768).
+/// Bytes of a cache region's first page that hold the count and limit words, which the fast
+/// paths store to and load (with room to spare: 48 classes use 768). The harvested words and
+/// marks after them are written only by slow paths.
 const ALIAS_GAP: usize = 1024;
-const _: () = assert!(2 * CLASSES * 8 <= ALIAS_GAP);
+const _: () = assert!(CLASSES * crate::freelist::caches::WORD_PAIR <= ALIAS_GAP);
 
 /// A class's levels below its freelist, as the freelist sees them.
 #[derive(Clone, Copy)]
@@ -105,7 +106,7 @@ impl Heap {
         for (c, &size) in SIZES.iter().enumerate() {
             // SAFETY: the arenas move into the heap below and are dropped with it (their
             // mappings, which the caches point into, never move); class `c` takes list `c` only.
-            let list = unsafe { RawFreeList::in_arena(&arena, &locked, c, capacities[c]) };
+            let list = unsafe { RawFreeList::in_arena(&arena, &locked, c, capacities[c], true) };
             let Ok(list) = list else {
                 for done in 0..c {
                     // SAFETY: classes below `c` were written just now and are dropped once.

@@ -4,7 +4,9 @@
 //! - **Per-CPU caches**, one per size class: a [`RawFreeList`](crate::RawFreeList)'s array
 //!   stacks. `alloc` and `dealloc` of a small block are one rseq sequence each (the pop also
 //!   counts the allocation for [`PerCpuAlloc::stats`], in its own commit); nothing shared is
-//!   written.
+//!   written. Each cache's limit follows its use, up to the configured budget: it starts at a
+//!   batch, doubles when the cache is used both ways, and halves when its CPU only frees, so a
+//!   CPU that collects what others allocate holds a batch or two, not the whole budget.
 //! - **Transfer level**, per class: the freelist's lock-free global level, in per-CPU shards.
 //!   Full caches overflow
 //!   into it and empty ones refill from it, a batch at a time, so a thread that frees what
@@ -98,7 +100,8 @@ impl PerCpuAlloc {
 
     /// An allocator whose per-CPU caches hold about `bytes` per size class (at least 2 and at
     /// most 2048 blocks each): per CPU, at most about `48 × bytes` sit in caches, plus two blocks
-    /// of each class above `bytes` (about 4 MiB in all by default).
+    /// of each class above `bytes` (about 4 MiB in all by default). Caches grow to this budget
+    /// only when their CPU both allocates and frees the class.
     pub const fn with_cpu_cache_bytes(bytes: usize) -> PerCpuAlloc {
         PerCpuAlloc {
             heap: AtomicPtr::new(ptr::null_mut()),

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use super::class::class_of;
 use super::pages::SLAB_SIZE;
 use super::*;
+use crate::freelist::MAX_CHAIN;
 
 fn layout(size: usize, align: usize) -> Layout {
     Layout::from_size_align(size, align).unwrap()
@@ -367,6 +368,47 @@ fn per_cpu_caches_hold_what_they_are_configured_to() {
         carved,
         "{class:?}"
     );
+}
+
+/// Each CPU's cache limit follows its use. Freeing a long run of blocks, with no allocation in
+/// between, leaves the caches holding a batch or two each; bursts of allocations and frees grow
+/// them again until a burst fits.
+#[test]
+fn cache_limits_follow_use() {
+    let size = 16;
+    let (l, c) = (layout(size, 8), class_of(size));
+    let a = PerCpuAlloc::new();
+    let rseq = matches!(crate::mode(), crate::Mode::Rseq { .. });
+    let cpus = rseq_sys::possible_cpus() as usize;
+    let burst = |n: usize| {
+        // SAFETY: a valid layout.
+        let blocks: Vec<*mut u8> = (0..n).map(|_| unsafe { a.alloc(l) }).collect();
+        for &p in &blocks {
+            // SAFETY: allocated here with `l`.
+            unsafe { a.dealloc(p, l) };
+        }
+    };
+    // 20,000 frees in a row: past a capacity's worth (2,048) the limits fall to a batch (64),
+    // though the allocations before them doubled the limit once (128).
+    burst(20_000);
+    let collected = a.stats().classes[c];
+    if rseq {
+        assert!(
+            collected.cpu_cached_bytes <= cpus * 2 * MAX_CHAIN * size,
+            "{collected:?}"
+        );
+    }
+    // Bursts of 1,000 both ways: each doubles the limit once, until one holds the burst.
+    for _ in 0..12 {
+        burst(1000);
+    }
+    let busy = a.stats().classes[c];
+    if rseq {
+        // Most of the last burst stays cached (a migration may split it between CPUs).
+        assert!(busy.cpu_cached_bytes >= 500 * size, "{busy:?}");
+    }
+    assert_eq!(busy.allocs, 32_000);
+    assert_eq!(busy.frees, 32_000);
 }
 
 #[test]
