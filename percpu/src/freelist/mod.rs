@@ -525,12 +525,9 @@ impl RawFreeList {
             return self.push_direct(item, backing);
         };
         let id = self.harvest_current(seq, index);
-        if id < self.cpus && self.caches.limit(id).load(Ordering::Relaxed) == 0 {
-            // The cache's first push: it had no limit yet. Give it one and push once more.
-            self.start_limit(id);
-            if self.push_once(seq, index, item) {
-                return Ok(());
-            }
+        // The cache's first push finds it with no limit yet: give it one and push once more.
+        if self.start_limit(id) && self.push_once(seq, index, item) {
+            return Ok(());
         }
         let adapts = id < self.cpus && self.min_limit < self.capacity;
         let popped_since = if adapts {
@@ -584,20 +581,24 @@ impl RawFreeList {
         matches!(outcome, Outcome::Committed(()))
     }
 
-    /// Gives cache `id` its first limit (the least one, or the capacity when limits do not
-    /// adapt) unless another thread did, and starts its overflow mark.
-    fn start_limit(&self, id: usize) {
-        let first = self.caches.limit(id).compare_exchange(
-            0,
-            self.min_limit,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+    /// Gives rseq cache `id` its first limit (the least one, or the capacity when limits do
+    /// not adapt) and starts its overflow mark, if it has none yet: whether it had none (another
+    /// thread may have set it meanwhile). `false` for indices without an rseq cache.
+    fn start_limit(&self, id: usize) -> bool {
+        if id >= self.cpus {
+            return false;
+        }
+        let limit = self.caches.limit(id);
+        if limit.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        let first = limit.compare_exchange(0, self.min_limit, Ordering::Relaxed, Ordering::Relaxed);
         if first.is_ok() {
             self.caches
                 .mark(id)
                 .store(self.caches.pops(id), Ordering::Relaxed);
         }
+        true
     }
 
     /// Pops from cache `id` since its last overflow ended (or since its limit was set).
@@ -786,9 +787,7 @@ impl RawFreeList {
             return self.pop_direct(backing);
         };
         let id = self.harvest_current(seq, index);
-        if id < self.cpus && self.caches.limit(id).load(Ordering::Relaxed) == 0 {
-            self.start_limit(id);
-        }
+        self.start_limit(id);
         let mut batch = [0usize; MAX_CHAIN];
         let (n, rest) = self.refill_batch(id, &mut batch, backing);
         if n == 0 {
