@@ -141,10 +141,10 @@ pub(crate) struct DirectCaches {
 }
 
 impl DirectCaches {
-    /// List `list`'s rseq cache on index `id`: count word, slots and limit; `None` for
-    /// indices without one.
+    /// List `list`'s rseq cache on index `id`: count word and slots; `None` for indices without
+    /// one.
     #[inline(always)]
-    fn cache(&self, id: u32, list: usize) -> Option<(*mut usize, *mut usize, usize)> {
+    fn cache(&self, id: u32, list: usize) -> Option<(*mut usize, *mut usize)> {
         if id >= self.rseq_cpus {
             return None;
         }
@@ -155,19 +155,26 @@ impl DirectCaches {
         // (count, limit) pairs side by side at the region's start, as `CacheArena::caches` lays
         // them: the limit shares the count word's line.
         let count = region + list * WORD_PAIR;
-        // SAFETY: the limit word of region `id` (a region of the arena: `id < rseq_cpus`),
-        // aligned, only ever accessed atomically.
-        let limit = unsafe { AtomicUsize::from_ptr((count + 8) as *mut usize) };
-        let limit = limit.load(Ordering::Relaxed);
-        debug_assert!(
-            limit <= (entry >> 32) as usize,
-            "limit {limit} past capacity"
-        );
         Some((
             count as *mut usize,
             (region + (entry as u32) as usize) as *mut usize,
-            limit,
         ))
+    }
+
+    /// The limit word beside `count`, a count word [`Self::cache`] returned for `list`: how many
+    /// slots a push may fill now. Only pushes read it (an atomic load, which the compiler would
+    /// keep in a pop that ignores it).
+    #[inline(always)]
+    fn limit(&self, count: *mut usize, list: usize) -> usize {
+        // SAFETY: the word after a count word is its limit word (the layout above), aligned,
+        // only ever accessed atomically.
+        let limit = unsafe { AtomicUsize::from_ptr(count.add(1)) }.load(Ordering::Relaxed);
+        debug_assert!(
+            // SAFETY: as in `cache`.
+            limit <= (unsafe { *self.lists.get_unchecked(list) } >> 32) as usize,
+            "limit {limit} past capacity"
+        );
+        limit
     }
 
     /// One attempt to push `item` into list `list`'s rseq cache on this CPU, the sequence the
@@ -183,9 +190,10 @@ impl DirectCaches {
             return false;
         };
         let id = seq.current().index(index);
-        let Some((count, slots, limit)) = self.cache(id, list) else {
+        let Some((count, slots)) = self.cache(id, list) else {
             return false;
         };
+        let limit = self.limit(count, list);
         // SAFETY: `count` and `slots[..limit]` are index `id`'s cache of a freelist (the
         // table's contract; limits never exceed the capacity), written only by sequences on
         // `id` or under its lock bit, which makes the push fail.
@@ -205,7 +213,7 @@ impl DirectCaches {
     pub(crate) unsafe fn try_pop(&self, list: usize) -> Option<NonNull<u8>> {
         let (seq, index) = rseq_path_if_registered()?;
         let id = seq.current().index(index);
-        let (count, slots, _) = self.cache(id, list)?;
+        let (count, slots) = self.cache(id, list)?;
         // SAFETY: as in `try_push`; items are never 0.
         NonNull::new(unsafe { seq.stack_try_pop(index, id, count, slots) } as *mut u8)
     }
@@ -387,10 +395,11 @@ mod tests {
                 let limit = (id as usize + l) % (capacities[l] + 1);
                 assert_eq!(
                     direct.cache(id, l),
-                    Some((count, slots, limit)),
+                    Some((count, slots)),
                     "index {id}, list {l}"
                 );
-                let expected = (id < 2).then_some((count, slots, limit));
+                assert_eq!(direct.limit(count, l), limit, "index {id}, list {l}");
+                let expected = (id < 2).then_some((count, slots));
                 assert_eq!(partial.cache(id, l), expected, "index {id}, list {l}");
             }
         }
