@@ -238,7 +238,7 @@ fn statistics_at_exit_when_asked() {
     assert!(stderr.contains("percpu-malloc statistics:"), "{stderr}");
     assert!(stderr.contains("total:"), "{stderr}");
     assert!(
-        stderr.contains("class map: 1.0 GiB of address space reserved"),
+        stderr.contains("class map: 2.0 GiB of address space reserved"),
         "{stderr}"
     );
     // And nothing without the variable.

@@ -134,6 +134,78 @@ fn blocks_freed_by_other_threads_over_channels() {
     });
 }
 
+/// Blocks smaller than a cache line, allocated on one thread and freed by address (`free`, as
+/// C's is) on another, go home to the CPU that carved them (see the slab allocator's homed
+/// classes); many more threads than CPUs, with migration and signals. Every block arrives
+/// intact, and at the end every one is back: after `trim`, no slab of those classes is left.
+#[test]
+fn small_blocks_freed_by_address_on_other_threads_all_come_home() {
+    static ALLOCATOR: PerCpuAlloc = PerCpuAlloc::new();
+    let pairs = (stress_threads() / 2).max(2);
+    let per_pair = scaled(40_000) as u64;
+    let cpus = allowed_cpus();
+    let storm = SignalStorm::start(2 * pairs);
+    std::thread::scope(|s| {
+        for p in 0..pairs {
+            let (tx, rx) = mpsc::sync_channel::<(u64, usize, usize)>(256);
+            let (producer, consumer) = (storm.handle(), storm.handle());
+            let cpus = &cpus;
+            s.spawn(move || {
+                producer.enlist(2 * p);
+                let mut rng = Rng::new(p as u64 * 5 + 1);
+                for n in 0..per_pair {
+                    let len = 1 + rng.below(48) as usize;
+                    let layout = Layout::from_size_align(len, 1).unwrap();
+                    // SAFETY: a valid layout.
+                    let block = unsafe { ALLOCATOR.alloc(layout) };
+                    assert!(!block.is_null());
+                    let bytes = pattern(n ^ (p as u64) << 40, len);
+                    // SAFETY: the block has `len` bytes.
+                    unsafe { block.copy_from_nonoverlapping(bytes.as_ptr(), len) };
+                    tx.send((n, len, block as usize)).unwrap();
+                    if n.is_multiple_of(2000) {
+                        set_affinity(&[cpus[rng.below(cpus.len() as u64) as usize]]);
+                    }
+                }
+                producer.leave(2 * p);
+            });
+            s.spawn(move || {
+                consumer.enlist(2 * p + 1);
+                let mut received = 0u64;
+                for (n, len, block) in rx {
+                    // SAFETY: a live block of `len` bytes, handed over by its producer.
+                    let got = unsafe { std::slice::from_raw_parts(block as *const u8, len) };
+                    assert_eq!(
+                        got,
+                        pattern(n ^ (p as u64) << 40, len),
+                        "pair {p} block {n}"
+                    );
+                    // SAFETY: allocated by ALLOCATOR, freed once.
+                    unsafe { ALLOCATOR.free(block as *mut u8) };
+                    received += 1;
+                    if received.is_multiple_of(3000) {
+                        set_affinity(&[cpus[(received / 3000) as usize % cpus.len()]]);
+                    }
+                }
+                assert_eq!(received, per_pair);
+                consumer.leave(2 * p + 1);
+            });
+        }
+    });
+    assert!(storm.finish() > 0, "no signal was delivered");
+    let total = pairs as u64 * per_pair;
+    let stats = ALLOCATOR.stats();
+    let (allocs, frees) = stats.classes[..3]
+        .iter()
+        .fold((0, 0), |(a, f), c| (a + c.allocs, f + c.frees));
+    assert_eq!((allocs, frees), (total, total), "{stats}");
+    ALLOCATOR.trim();
+    let stats = ALLOCATOR.stats();
+    for class in &stats.classes[..3] {
+        assert_eq!(class.slabs, 0, "{stats}");
+    }
+}
+
 #[test]
 fn every_alignment_up_to_a_mebibyte_and_sizes_up_to_64_mebibytes() {
     let mut sizes = vec![

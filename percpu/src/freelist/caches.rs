@@ -11,7 +11,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use rseq_sys::{Outcome, STACK_DEPTH_MASK, STACK_POPS_SHIFT};
+use rseq_sys::{Index, Outcome, STACK_DEPTH_MASK, STACK_POPS_SHIFT, Sequences};
 
 use crate::mode::rseq_path_if_registered;
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
@@ -186,10 +186,51 @@ impl DirectCaches {
     /// `list` is a list of the arena this table was made from.
     #[inline(always)]
     pub(crate) unsafe fn try_push(&self, list: usize, item: NonNull<u8>) -> bool {
+        // SAFETY: the caller's contract; `self` for both tables.
+        unsafe { self.try_push_homed(list, item, 0, self) }
+    }
+
+    /// [`Self::try_push`] for an item whose home is index `home - 1` (0: none): into `away`'s
+    /// list `list` instead when this thread runs on another index.
+    ///
+    /// # Safety
+    /// `list` is a list of the arena this table was made from, and of `away`'s when `home` is
+    /// not 0.
+    #[inline(always)]
+    pub(crate) unsafe fn try_push_homed(
+        &self,
+        list: usize,
+        item: NonNull<u8>,
+        home: u32,
+        away: &DirectCaches,
+    ) -> bool {
         let Some((seq, index)) = rseq_path_if_registered() else {
             return false;
         };
         let id = seq.current().index(index);
+        // Chosen before the sequence, which then aborts if the thread leaves index `id`. A
+        // branch, not a select: the usual table's loads then need not wait for `id`.
+        if home != 0 && home != id.wrapping_add(1) {
+            // SAFETY: the caller's contract.
+            return unsafe { away.push_on(seq, index, id, list, item) };
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.push_on(seq, index, id, list, item) }
+    }
+
+    /// The push sequence into list `list`'s cache on index `id`, which the thread read just now.
+    ///
+    /// # Safety
+    /// `list` is a list of the arena this table was made from.
+    #[inline(always)]
+    unsafe fn push_on(
+        &self,
+        seq: Sequences,
+        index: Index,
+        id: u32,
+        list: usize,
+        item: NonNull<u8>,
+    ) -> bool {
         let Some((count, slots)) = self.cache(id, list) else {
             return false;
         };

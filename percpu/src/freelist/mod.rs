@@ -66,6 +66,8 @@ use crate::mode::{forced_fallback, rseq_path};
 use caches::Caches;
 pub(crate) use caches::{CacheArena, DirectCaches};
 pub(crate) use global::MAX_CHAIN;
+#[cfg(test)]
+pub(crate) use global::MAX_SHARDS;
 use global::{Global, Shards};
 
 /// How long a drain waits for one locked cache before leaving it as it is.
@@ -117,13 +119,21 @@ pub(crate) trait Backing: Copy {
     const SPILLS: bool;
     /// Whether [`Backing::fill`] can produce items.
     const FILLS: bool;
-    /// Global-level length from which overflow spills instead of staying at the global level.
+    /// Global-level length from which overflow spills instead of staying at the global level;
+    /// 0: overflow always spills.
     fn global_limit(&self) -> usize;
     /// Takes `items` (at most [`MAX_CHAIN`]) for good. Must not fail: callers have already
     /// taken them out of the caches.
     fn spill(&self, items: &[usize]);
-    /// Fills the front of `out` with new items: how many (0 when out of memory).
-    fn fill(&self, out: &mut [usize]) -> usize;
+    /// Fills the front of `out` with new items: how many (0 when out of memory). `home` is the
+    /// rseq index whose cache the items are for (`None` for a thread without rseq).
+    fn fill(&self, out: &mut [usize], home: Option<usize>) -> usize;
+    /// Whether an rseq cache's refill asks [`Backing::fill`] right after its own shard of the
+    /// global level, before other shards: for a backing whose items belong to the index that
+    /// takes them (the slab allocator's homed classes), so that others' items stay theirs.
+    fn fills_before_other_shards(&self) -> bool {
+        false
+    }
 }
 
 /// A plain freelist: nothing below the global level.
@@ -139,7 +149,7 @@ impl Backing for Unbacked {
     fn spill(&self, _: &[usize]) {
         unreachable!("a plain freelist never spills")
     }
-    fn fill(&self, _: &mut [usize]) -> usize {
+    fn fill(&self, _: &mut [usize], _: Option<usize>) -> usize {
         0
     }
 }
@@ -447,6 +457,24 @@ impl RawFreeList {
         Ok(())
     }
 
+    /// Puts `items` (at most [`MAX_CHAIN`]) into index `id`'s shard of the global level, where
+    /// `id`'s refills look first; or, with that shard at its limit or out of memory, into the
+    /// backing. For items that belong to index `id` but were freed elsewhere.
+    pub(crate) fn push_to_shard<B: Backing>(&self, id: usize, items: &[usize], backing: B) {
+        debug_assert!(B::SPILLS && items.len() <= MAX_CHAIN);
+        let shard = self.global.shard(id);
+        if shard.len() >= self.shard_limit(backing) || shard.push_items(items).is_err() {
+            backing.spill(items);
+        }
+    }
+
+    /// The rseq index the current thread's operations use: `None` when it takes the fallback
+    /// path (no rseq, or `PERCPU_FORCE_FALLBACK=1`).
+    pub(crate) fn current_index(&self) -> Option<usize> {
+        let (seq, index) = rseq_path()?;
+        Some(seq.current().index(index) as usize)
+    }
+
     /// The locked cache a thread without rseq uses: its CPU's.
     #[inline]
     fn fallback_id(&self) -> usize {
@@ -659,22 +687,42 @@ impl RawFreeList {
         }
     }
 
-    /// Fills the front of `batch` for an empty cache `id`: a batch from the global level
-    /// (starting with `id`'s shard), else from the backing. How many (0 when neither had any),
-    /// and where the ones the cache does not keep go back.
+    /// Fills the front of `batch` for an empty cache `id` (an rseq cache when `rseq`, else a
+    /// locked one): a batch from the global level (starting with `id`'s shard), else from the
+    /// backing; for a backing that [fills before other shards], an rseq cache asks it right
+    /// after its own shard. How many (0 when none had any), and where the ones the cache does
+    /// not keep go back.
+    ///
+    /// [fills before other shards]: Backing::fills_before_other_shards
     fn refill_batch<B: Backing>(
         &self,
         id: usize,
+        rseq: bool,
         batch: &mut [usize; MAX_CHAIN],
         backing: B,
     ) -> (usize, Destination<'_>) {
+        let home = rseq.then_some(id);
+        if B::FILLS && rseq && backing.fills_before_other_shards() {
+            let shard = self.global.shard(id);
+            if let Some((n, slots)) = shard.take_batch(batch) {
+                return (n, Destination::Global(shard, slots));
+            }
+            let n = backing.fill(&mut batch[..self.batch], home);
+            if n > 0 {
+                return (n, Destination::Park);
+            }
+            // Out of memory: other shards' items are better than none.
+        }
         let taken = self
             .global
             .from(id)
             .find_map(|shard| Some((shard, shard.take_batch(batch)?)));
         match taken {
             Some((shard, (n, slots))) => (n, Destination::Global(shard, slots)),
-            None if B::FILLS => (backing.fill(&mut batch[..self.batch]), Destination::Park),
+            None if B::FILLS => (
+                backing.fill(&mut batch[..self.batch], home),
+                Destination::Park,
+            ),
             None => (0, Destination::Park),
         }
     }
@@ -737,7 +785,7 @@ impl RawFreeList {
         self.locked.harvest(id);
         let count = self.locked.count(id);
         let mut batch = [0usize; MAX_CHAIN];
-        let (n, rest) = self.refill_batch(id, &mut batch, backing);
+        let (n, rest) = self.refill_batch(id, false, &mut batch, backing);
         if n == 0 {
             count.store(word - STACK_LOCKED, Ordering::Release);
             return None;
@@ -764,7 +812,7 @@ impl RawFreeList {
             Some(item) => item,
             None if B::FILLS => {
                 let mut batch = [0usize; MAX_CHAIN];
-                let n = backing.fill(&mut batch[..self.batch]);
+                let n = backing.fill(&mut batch[..self.batch], None);
                 if n == 0 {
                     return None;
                 }
@@ -789,7 +837,7 @@ impl RawFreeList {
         let id = self.harvest_current(seq, index);
         self.start_limit(id);
         let mut batch = [0usize; MAX_CHAIN];
-        let (n, rest) = self.refill_batch(id, &mut batch, backing);
+        let (n, rest) = self.refill_batch(id, true, &mut batch, backing);
         if n == 0 {
             return None;
         }
@@ -845,7 +893,10 @@ impl RawFreeList {
     /// The transfer length one shard may reach before overflow spills to the backing: the
     /// backing's limit shared among the shards.
     fn shard_limit<B: Backing>(&self, backing: B) -> usize {
-        (backing.global_limit() / self.global.count()).max(MAX_CHAIN)
+        match backing.global_limit() {
+            0 => 0,
+            limit => (limit / self.global.count()).max(MAX_CHAIN),
+        }
     }
 
     /// Pushes and pops so far, and where the items are. Allocates nothing.

@@ -5,12 +5,20 @@
 //! Each slab keeps its own free list, linked through the free blocks' first word, and a count
 //! of live blocks (handed up and not back). Slabs with a free or uncarved block sit on the
 //! class's partial list; a slab whose last live block comes back returns to the page heap.
+//!
+//! A homed class (see `Heap`) fills each cache from slabs homed at its index: a partial slab
+//! of its own, else one with returned blocks that it adopts (so freed memory is reused before
+//! new memory is touched), else a new slab, else any partial one.
 
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use super::lock::SpinLock;
 use super::pages::{PageHeap, SLAB_SIZE, Slab};
+
+/// Partial slabs a homed fill looks at for one of its own or one to adopt: the search is under
+/// the class lock, so it stays short; past it, a fill takes a new slab.
+const HOME_SEARCH: usize = 16;
 
 pub(crate) struct Central {
     /// Also taken around `fork` (see `Heap::lock_for_fork`).
@@ -19,6 +27,8 @@ pub(crate) struct Central {
     partial: AtomicPtr<Slab>,
     class: u32,
     size: usize,
+    /// Whether the class's slabs have homes (see `Heap`).
+    homed: bool,
     /// Slabs serving this class (statistics).
     slabs: AtomicUsize,
     /// Blocks handed above this level and not back (statistics).
@@ -26,41 +36,79 @@ pub(crate) struct Central {
 }
 
 impl Central {
-    pub(crate) const fn new(class: usize, size: usize) -> Central {
+    pub(crate) const fn new(class: usize, size: usize, homed: bool) -> Central {
         Central {
             lock: SpinLock::new(),
             partial: AtomicPtr::new(ptr::null_mut()),
             class: class as u32,
             size,
+            homed,
             slabs: AtomicUsize::new(0),
             live: AtomicUsize::new(0),
         }
     }
 
-    /// Fills the front of `out` with blocks: how many (fewer only when out of memory).
-    pub(crate) fn fill(&self, pages: &PageHeap, out: &mut [usize]) -> usize {
+    /// Whether this class's slabs have homes.
+    pub(crate) fn homed(&self) -> bool {
+        self.homed
+    }
+
+    /// Fills the front of `out` with blocks for the cache of index `home - 1` (0: no index, or
+    /// a class without homes): how many (fewer only when out of memory).
+    pub(crate) fn fill(&self, pages: &PageHeap, out: &mut [usize], home: u32) -> usize {
+        let home = if self.homed { home } else { 0 };
         let _guard = self.lock.lock();
         let mut n = 0;
         while n < out.len() {
-            let slab = match self.partial_head() {
-                Some(slab) => slab,
-                None => match pages.take() {
-                    Some(slab) => {
-                        pages.set_class(slab, self.class + 1);
-                        slab.live.store(0, Ordering::Relaxed);
-                        slab.carved.store(0, Ordering::Relaxed);
-                        slab.free.store(0, Ordering::Relaxed);
-                        self.push_partial(slab);
-                        self.slabs.fetch_add(1, Ordering::Relaxed);
-                        slab
-                    }
-                    None => break,
-                },
+            let chosen = if home == 0 {
+                self.partial_head().or_else(|| self.take_new(pages, 0))
+            } else {
+                self.partial_homed_at(pages, home)
+                    .or_else(|| self.take_new(pages, home))
+                    .or_else(|| self.partial_head())
+            };
+            let Some(slab) = chosen else {
+                break;
             };
             n += self.take_from(slab, &mut out[n..]);
         }
         self.live.fetch_add(n, Ordering::Relaxed);
         n
+    }
+
+    /// A partial slab homed at `home`, else one with returned blocks, which moves there; among
+    /// the first [`HOME_SEARCH`] of the partial list.
+    fn partial_homed_at(&self, pages: &PageHeap, home: u32) -> Option<&Slab> {
+        let mut at = self.partial_head();
+        let mut adoptable = None;
+        for _ in 0..HOME_SEARCH {
+            let Some(slab) = at else {
+                break;
+            };
+            if PageHeap::slab_home(slab) == home {
+                return Some(slab);
+            }
+            if adoptable.is_none() && slab.free.load(Ordering::Relaxed) != 0 {
+                adoptable = Some(slab);
+            }
+            // SAFETY: as in `partial_head`.
+            at = unsafe { slab.next.load(Ordering::Relaxed).as_ref() };
+        }
+        let slab = adoptable?;
+        pages.set_word(slab, self.class + 1, home);
+        Some(slab)
+    }
+
+    /// A slab from the page heap, homed at `home`, onto the partial list.
+    fn take_new<'p>(&self, pages: &'p PageHeap, home: u32) -> Option<&'p Slab> {
+        let slab = pages.take()?;
+        pages.set_word(slab, self.class + 1, home);
+        slab.live.store(0, Ordering::Relaxed);
+        slab.carved.store(0, Ordering::Relaxed);
+        slab.free.store(0, Ordering::Relaxed);
+        self.push_partial(slab);
+        self.slabs.fetch_add(1, Ordering::Relaxed);
+        Some(slab)
     }
 
     /// Takes blocks from one partial slab into `out`: free ones first (warm), then carved ones;
@@ -170,5 +218,80 @@ impl Central {
     /// Blocks above this level (in use, or in caches and the transfer level).
     pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pages::SLAB_SHIFT;
+    use super::super::pages::tests::page_heap;
+    use super::*;
+
+    fn homes(pages: &PageHeap, blocks: &[usize]) -> Vec<u32> {
+        let slab = |&b: &usize| pages.lookup(b).expect("a slab block");
+        blocks
+            .iter()
+            .map(|b| PageHeap::slab_home(slab(b)))
+            .collect()
+    }
+
+    /// A homed class fills each index from a slab of its own; failing that, it adopts one with
+    /// returned blocks (which come first) before it takes a new slab. Without homes, fills
+    /// share slabs and ignore the index.
+    #[test]
+    fn homed_fills_take_their_own_slab_then_adopt_then_take_a_new_one() {
+        let pages = page_heap(true);
+        let central = Central::new(0, 16, true);
+        let mut first = [0usize; 8];
+        assert_eq!(central.fill(&pages, &mut first, 1), 8);
+        let mut second = [0usize; 8];
+        assert_eq!(central.fill(&pages, &mut second, 2), 8);
+        assert_eq!(homes(&pages, &first), [1; 8]);
+        assert_eq!(
+            homes(&pages, &second),
+            [2; 8],
+            "index 2 takes a slab of its own"
+        );
+        assert_ne!(first[0] >> SLAB_SHIFT, second[0] >> SLAB_SHIFT);
+        assert_eq!(central.slabs(), 2);
+
+        // Index 1's slab gets blocks back: index 3 adopts it rather than touch a new slab,
+        // and takes the returned blocks first.
+        central.spill(&pages, &first[..4]);
+        let mut third = [0usize; 6];
+        assert_eq!(central.fill(&pages, &mut third, 3), 6);
+        let mut returned = first[..4].to_vec();
+        returned.sort_unstable();
+        let mut taken = third[..4].to_vec();
+        taken.sort_unstable();
+        assert_eq!(taken, returned);
+        assert_eq!(
+            third[4] >> SLAB_SHIFT,
+            first[0] >> SLAB_SHIFT,
+            "then carved from the same slab"
+        );
+        assert_eq!(homes(&pages, &third), [3; 6]);
+        assert_eq!(central.slabs(), 2);
+
+        // Index 2 still finds its own slab; index 1 now has none and nothing to adopt.
+        let mut fourth = [0usize; 4];
+        assert_eq!(central.fill(&pages, &mut fourth, 2), 4);
+        assert_eq!(fourth[0] >> SLAB_SHIFT, second[0] >> SLAB_SHIFT);
+        assert_eq!(central.fill(&pages, &mut fourth, 1), 4);
+        assert_eq!(homes(&pages, &fourth), [1; 4]);
+        assert_eq!(central.slabs(), 3);
+
+        // A fill for no index (a thread without rseq) takes the first partial slab.
+        let mut fifth = [0usize; 4];
+        assert_eq!(central.fill(&pages, &mut fifth, 0), 4);
+        assert_eq!(central.slabs(), 3);
+
+        // A class without homes shares one slab among indices and gives it no home.
+        let plain = Central::new(5, 96, false);
+        let (mut a, mut b) = ([0usize; 4], [0usize; 4]);
+        assert_eq!(plain.fill(&pages, &mut a, 1), 4);
+        assert_eq!(plain.fill(&pages, &mut b, 2), 4);
+        assert_eq!(a[0] >> SLAB_SHIFT, b[0] >> SLAB_SHIFT);
+        assert_eq!(homes(&pages, &[a[0], b[0]]), [0, 0]);
     }
 }

@@ -11,13 +11,19 @@
 //!   Full caches overflow
 //!   into it and empty ones refill from it, a batch at a time, so a thread that frees what
 //!   another allocates passes blocks across CPUs without reaching the slabs.
+//! - **Homes**, for blocks smaller than a cache line (16, 32 and 48 bytes), which share lines:
+//!   their slabs belong to the CPU whose cache carved them, and [`PerCpuAlloc::free`] sends such
+//!   a block freed on another CPU home (through a small per-CPU remote buffer, to the home's
+//!   transfer shard) instead of caching it where a neighbour in the same line is in use
+//!   elsewhere. The details are in `heap.rs`.
 //! - **Central level**, per class (`central.rs`): the slabs serving the class, each with its own
 //!   free list and live count, under one lock reached only in batches: when the transfer level
 //!   is empty (fill) or holds more than about 1 MiB (spill).
 //! - **Page heap** (`pages.rs`): 256 KiB slabs, mapped 4 MiB at a time, the address → slab
 //!   descriptor map, and the class map that finds any block's class from its pointer in one
-//!   load (1 GiB of reserved address space, where `RLIMIT_AS` leaves it free to reserve). Empty slabs come back here; beyond a
-//!   few kept resident, their memory goes back to the kernel with `MADV_DONTNEED`.
+//!   load, with its home (2 GiB of reserved address space, where `RLIMIT_AS` leaves it free to
+//!   reserve). Empty slabs come back here; beyond a few kept resident, their memory goes back to
+//!   the kernel with `MADV_DONTNEED`.
 //! - **Large blocks** (`large.rs`) beyond 128 KiB: a mapping each, with a bounded cache of freed
 //!   mappings, and `mremap` for `realloc`.
 //!
@@ -215,24 +221,30 @@ impl PerCpuAlloc {
     ///
     /// # Safety
     /// `block` was returned by this allocator and not freed, or is null (then nothing happens).
-    // Inline: a C `free` built on this (percpu-malloc) would otherwise reach it through the GOT.
-    #[inline]
+    // Inline, always: a C `free` built on this (percpu-malloc) would otherwise reach it through
+    // a jump at best (the GOT at worst), and with two push sequences in it (the cache's, and the
+    // remote buffer's for a block homed elsewhere) the compiler stops inlining it by itself.
+    #[inline(always)]
     pub unsafe fn free(&self, block: *mut u8) {
         // The common case in one attempt with no call in it (so no stack frame); anything else
         // starts over out of line.
         // Null needs no test of its own: no slab holds address 0 (the page heap refuses a chunk
         // there), so it has no class and goes to the slow path, which ignores it.
-        let pushed = self.heap_if_ready().is_some_and(|heap| {
-            heap.class_of_block(block).is_some_and(|class| {
-                // SAFETY: a block with a class is a slab block, never null; every class is a
-                // list of the heap's arena.
-                unsafe { heap.direct.try_push(class, NonNull::new_unchecked(block)) }
-            })
-        });
-        if !pushed {
-            // SAFETY: the caller's contract; the attempt above did nothing.
-            unsafe { self.free_slow(block) }
+        // A block homed at another index (see `heap`'s docs) goes into the remote buffer.
+        // Spelled out, with no closures: the compiler would not inline them.
+        if let Some(heap) = self.heap_if_ready()
+            && let Some((class, home)) = heap.class_and_home(block)
+            // SAFETY: a block with a class is a slab block, never null; every class is a list
+            // of the heap's arena, and every homed class of the remote arena.
+            && unsafe {
+                let block = NonNull::new_unchecked(block);
+                heap.direct.try_push_homed(class, block, home, &heap.remote_direct)
+            }
+        {
+            return;
         }
+        // SAFETY: the caller's contract; the attempt above did nothing.
+        unsafe { self.free_slow(block) }
     }
 
     /// [`Self::free`] after its fast attempt did nothing. `extern "C"`, so that the compiler
@@ -247,8 +259,8 @@ impl PerCpuAlloc {
         let (Some(heap), Some(nonnull)) = (self.heap_if_ready(), NonNull::new(block)) else {
             return;
         };
-        match heap.class_of_block(block) {
-            Some(class) => heap.free_small(class, nonnull),
+        match heap.class_and_home(block) {
+            Some((class, home)) => heap.free_homed(class, nonnull, home),
             None => heap.large.free(block),
         }
     }

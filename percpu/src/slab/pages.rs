@@ -8,21 +8,21 @@
 //! slabs, never inside them, so a slab handed back to the kernel with `MADV_DONTNEED` keeps its
 //! descriptor, and block alignment is never disturbed by a header.
 //!
-//! `free` needs only a block's class, and finds it in one load: the class map is one byte per
-//! slab over the whole 48-bit address space, 1 GiB of address space reserved with
-//! `MAP_NORESERVE`, of which only the pages covering slabs in use are ever written (one 4 KiB
-//! page covers 1 GiB of slabs). A load through the radix tree depends on the block's address
+//! `free` needs only a block's class and home (see [`Slab`]), and finds both in one load: the
+//! class map is two bytes per slab over the whole 48-bit address space, 2 GiB of address space
+//! reserved with `MAP_NORESERVE`, of which only the pages covering slabs in use are ever written
+//! (one 4 KiB page covers 512 MiB of slabs). A load through the radix tree depends on the block's address
 //! twice; this one once, which `larson` and `mstress` measured at 4% of their time. Where the
 //! reservation would cost more than address space there is no class map, and the class comes
 //! from the descriptor instead: under a finite `RLIMIT_AS`, under strict overcommit accounting
-//! (`vm.overcommit_memory=2` ignores `MAP_NORESERVE` and would charge the whole GiB), where that
+//! (`vm.overcommit_memory=2` ignores `MAP_NORESERVE` and would charge the whole 2 GiB), where that
 //! setting cannot be read, or when the reservation is refused.
 //!
 //! Slab address space is never unmapped while the heap lives: a slab the kernel took back stays
 //! reserved for reuse, and reading a stale descriptor is always safe.
 
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicUsize, Ordering};
 
 use super::class::CLASSES;
 use super::lock::SpinLock;
@@ -37,24 +37,35 @@ const ADDRESS_BITS: u32 = 48;
 const LEAF_BITS: u32 = 15;
 const LEAF_SLABS: usize = 1 << LEAF_BITS;
 const TOP_ENTRIES: usize = 1 << (ADDRESS_BITS - SLAB_SHIFT - LEAF_BITS);
-/// Entries (bytes) in the class map: one per slab-sized stretch of the address space.
+/// Entries in the class map: one per slab-sized stretch of the address space.
 const CLASS_MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - SLAB_SHIFT);
+/// Bytes of the class map.
+const CLASS_MAP_BYTES: usize = CLASS_MAP_ENTRIES * core::mem::size_of::<AtomicU16>();
 
-// Class words (class + 1) fit the class map's bytes.
-const _: () = assert!(CLASSES < u8::MAX as usize);
+/// A slab's word holds its class word (class + 1, 0 for none) in its low byte and its home
+/// (index + 1, 0 for none) in the byte above: see [`Slab`].
+pub(crate) const HOME_SHIFT: u32 = 8;
+const CLASS_WORD_MASK: u32 = (1 << HOME_SHIFT) - 1;
+/// Indices from this one up carve slabs with no home (the home byte is full).
+pub(crate) const HOMED_INDICES: u32 = (1 << HOME_SHIFT) - 1;
+const _: () = assert!(CLASSES < CLASS_WORD_MASK as usize);
 /// Empty slabs kept resident for quick reuse (16 MiB); beyond these, empty slabs go back to the
 /// kernel. With 16, a program that builds and frees a 12 MiB structure over and over spent a
 /// third of its time faulting the same pages back in; `trim()` releases them all.
 pub(crate) const RESIDENT_EMPTY_SLABS: usize = 64;
 
-/// One slab's descriptor. `class` is read without locks; everything else belongs to whoever
+/// One slab's descriptor. `word` is read without locks; everything else belongs to whoever
 /// holds the slab: its class's central lock while it serves a class, the page heap's lock
 /// while it is free (so relaxed atomics suffice: the locks order them).
+///
+/// A slab of a homed class (blocks smaller than a cache line, see `Heap`) also has a home: the
+/// cache index whose refill carved it. Its blocks go back to that index's shard of the transfer
+/// level when freed elsewhere, so that blocks sharing a cache line stay with one CPU.
 #[repr(C, align(64))]
 pub(crate) struct Slab {
-    /// Class + 1 while the slab serves a size class, 0 otherwise (set with
-    /// [`PageHeap::set_class`], which keeps the class map in step).
-    class: AtomicU32,
+    /// Class + 1 while the slab serves a size class, 0 otherwise, and the home + 1 shifted by
+    /// [`HOME_SHIFT`] (set with [`PageHeap::set_word`], which keeps the class map in step).
+    word: AtomicU32,
     /// Blocks handed above the central level and not back yet.
     pub(crate) live: AtomicU32,
     /// Bytes carved from the slab's start so far; blocks are carved lazily so untouched
@@ -119,8 +130,8 @@ pub(crate) struct PageHeap {
     /// Slabs the kernel holds no memory for (never touched, or given back): zero when reused.
     released: SlabStack,
     mapped_bytes: AtomicUsize,
-    /// `[AtomicU8; CLASS_MAP_ENTRIES]`: each slab's class word, 0 for address space that holds
-    /// no slab serving a class. `None` where address space is scarce (see the module docs).
+    /// `[AtomicU16; CLASS_MAP_ENTRIES]`: each slab's word, 0 for address space that holds no
+    /// slab serving a class. `None` where address space is scarce (see the module docs).
     class_map: Option<Mapping>,
     /// Leaves, null until mapped.
     top: [AtomicPtr<Slab>; TOP_ENTRIES],
@@ -136,7 +147,7 @@ impl PageHeap {
     /// dropping, and its `top` bytes are all zero.
     pub(crate) unsafe fn init(at: *mut PageHeap, class_map: bool) {
         let class_map = if class_map && reserving_is_free() {
-            Mapping::new(CLASS_MAP_ENTRIES)
+            Mapping::new(CLASS_MAP_BYTES)
         } else {
             None
         };
@@ -153,12 +164,12 @@ impl PageHeap {
 
     /// The class map's entry for `address` (below 2^48), if there is a class map.
     #[inline(always)]
-    fn class_entry(&self, address: usize) -> Option<&AtomicU8> {
+    fn class_entry(&self, address: usize) -> Option<&AtomicU16> {
         debug_assert!(address >> ADDRESS_BITS == 0);
         let map = self.class_map.as_ref()?;
-        // SAFETY: the map holds CLASS_MAP_ENTRIES bytes, zeroed or written only as atomics, for
-        // as long as `self`; the index is below that for any address below 2^48.
-        Some(unsafe { &*map.as_ptr().add(address >> SLAB_SHIFT).cast::<AtomicU8>() })
+        // SAFETY: the map holds CLASS_MAP_ENTRIES entries (page-aligned), zeroed or written only
+        // as atomics, for as long as `self`; the index is below that for any address below 2^48.
+        Some(unsafe { &*map.as_ptr().cast::<AtomicU16>().add(address >> SLAB_SHIFT) })
     }
 
     /// The descriptor of the slab holding `address`, mapped or not, if its leaf is published.
@@ -182,16 +193,16 @@ impl PageHeap {
             .filter(|slab| slab.mapped.load(Ordering::Relaxed))
     }
 
-    /// The class word (class + 1, or 0) of the slab holding `address`: 0 for any address in no
-    /// slab serving a class (large blocks, foreign memory, null). Lock-free: a block's class is
-    /// set before the block is first handed out, and whatever passed the block to this thread
-    /// ordered that.
+    /// The word of the slab holding `address` (class word and home, see [`Slab`]): 0 for any
+    /// address in no slab serving a class (large blocks, foreign memory, null). Lock-free: a
+    /// block's class is set before the block is first handed out, and whatever passed the block
+    /// to this thread ordered that. The home may be a moment stale, which costs only locality.
     ///
     /// From the class map, else from the descriptor: that is `lookup` without its `mapped`
     /// test, since a descriptor in a published leaf is zeroed until its slab serves a class,
     /// which only mapped slabs do.
     #[inline]
-    pub(crate) fn class_word(&self, address: usize) -> u32 {
+    pub(crate) fn slab_word(&self, address: usize) -> u32 {
         if address >> ADDRESS_BITS != 0 {
             return 0;
         }
@@ -199,23 +210,41 @@ impl PageHeap {
             Some(entry) => u32::from(entry.load(Ordering::Relaxed)),
             None => self
                 .descriptor(address)
-                .map_or(0, |slab| slab.class.load(Ordering::Relaxed)),
+                .map_or(0, |slab| slab.word.load(Ordering::Relaxed)),
         }
+    }
+
+    /// The class word (class + 1, or 0) of the slab holding `address`, as [`Self::slab_word`].
+    #[inline]
+    pub(crate) fn class_word(&self, address: usize) -> u32 {
+        self.slab_word(address) & CLASS_WORD_MASK
     }
 
     /// The class word of `slab`, as its descriptor holds it.
     pub(crate) fn slab_class_word(slab: &Slab) -> u32 {
-        slab.class.load(Ordering::Relaxed)
+        slab.word.load(Ordering::Relaxed) & CLASS_WORD_MASK
     }
 
-    /// Sets the class word (class + 1, or 0 for none) of `slab`, a slab this heap mapped, in
-    /// its descriptor and the class map. Only its holder calls this, before handing out any of
-    /// its blocks (or after the last came back).
-    pub(crate) fn set_class(&self, slab: &Slab, word: u32) {
-        debug_assert!(word as usize <= CLASSES);
-        slab.class.store(word, Ordering::Relaxed);
+    /// The home of `slab` (index + 1, 0 for none), as its descriptor holds it.
+    pub(crate) fn slab_home(slab: &Slab) -> u32 {
+        slab.word.load(Ordering::Relaxed) >> HOME_SHIFT
+    }
+
+    /// Sets the class word (class + 1, or 0 for none) of `slab`, a slab this heap mapped, with
+    /// no home.
+    pub(crate) fn set_class(&self, slab: &Slab, class_word: u32) {
+        self.set_word(slab, class_word, 0);
+    }
+
+    /// Sets the class word and home (index + 1, 0 for none) of `slab`, a slab this heap mapped,
+    /// in its descriptor and the class map. Only its holder calls this: before handing out any
+    /// of its blocks, when it moves to another home, or after the last block came back.
+    pub(crate) fn set_word(&self, slab: &Slab, class_word: u32, home: u32) {
+        debug_assert!(class_word as usize <= CLASSES && home <= HOMED_INDICES);
+        let word = class_word | home << HOME_SHIFT;
+        slab.word.store(word, Ordering::Relaxed);
         if let Some(entry) = self.class_entry(slab.base.load(Ordering::Relaxed)) {
-            entry.store(word as u8, Ordering::Relaxed);
+            entry.store(word as u16, Ordering::Relaxed);
         }
     }
 
@@ -322,7 +351,7 @@ impl PageHeap {
 
     /// Bytes of address space reserved for the class map (0 when there is none).
     pub(crate) fn class_map_bytes(&self) -> usize {
-        self.class_map.as_ref().map_or(0, |_| CLASS_MAP_ENTRIES)
+        self.class_map.as_ref().map_or(0, |_| CLASS_MAP_BYTES)
     }
 
     /// Bytes of slab address space mapped.
@@ -341,9 +370,9 @@ impl PageHeap {
     }
 }
 
-/// Whether reserving the 1 GiB class map costs nothing but address space: there is no
+/// Whether reserving the 2 GiB class map costs nothing but address space: there is no
 /// `RLIMIT_AS` for it to eat into (or fail under), and the kernel is known not to do strict
-/// overcommit accounting, which ignores `MAP_NORESERVE` and would charge the whole GiB against
+/// overcommit accounting, which ignores `MAP_NORESERVE` and would charge the whole 2 GiB against
 /// the system's commit limit.
 fn reserving_is_free() -> bool {
     address_space_is_unlimited() && read_overcommit_is_strict() == Some(false)
@@ -419,12 +448,12 @@ impl Drop for PageHeap {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A page heap of its own, built as `Heap::init` builds one: in zeroed memory; with a class
     /// map or without one (as where address space is limited).
-    fn page_heap(class_map: bool) -> Box<PageHeap> {
+    pub(in crate::slab) fn page_heap(class_map: bool) -> Box<PageHeap> {
         let mut pages = Box::<PageHeap>::new_zeroed();
         // SAFETY: a zeroed, aligned allocation of a PageHeap; `init` completes it.
         let pages = unsafe {
@@ -434,7 +463,7 @@ mod tests {
         let reserved = class_map && reserving_is_free();
         assert_eq!(
             pages.class_map_bytes(),
-            if reserved { CLASS_MAP_ENTRIES } else { 0 }
+            if reserved { CLASS_MAP_BYTES } else { 0 }
         );
         pages
     }
@@ -491,6 +520,29 @@ mod tests {
             for offset in [0, 64, SLAB_SIZE - 1] {
                 assert_eq!(pages.class_word(base + offset), 0);
             }
+        }
+    }
+
+    /// A slab's home travels with its class word, in the class map and the descriptor alike,
+    /// and never shows in the class word; a slab given back loses both.
+    #[test]
+    fn a_slab_word_holds_class_and_home() {
+        for class_map in [true, false] {
+            let pages = page_heap(class_map);
+            let slab = pages.take().expect("memory");
+            let base = slab.base.load(Ordering::Relaxed);
+            pages.set_word(slab, 3, HOMED_INDICES);
+            assert_eq!(pages.slab_word(base + 100), 3 | HOMED_INDICES << HOME_SHIFT);
+            assert_eq!(pages.class_word(base + 100), 3);
+            assert_eq!(PageHeap::slab_class_word(slab), 3);
+            assert_eq!(PageHeap::slab_home(slab), HOMED_INDICES);
+            // Moving home keeps the class.
+            pages.set_word(slab, 3, 1);
+            assert_eq!(pages.slab_word(base), 3 | 1 << HOME_SHIFT);
+            assert_eq!(PageHeap::slab_home(slab), 1);
+            pages.give(slab);
+            assert_eq!(pages.slab_word(base), 0);
+            assert_eq!(PageHeap::slab_home(slab), 0);
         }
     }
 }

@@ -46,8 +46,8 @@ pub struct AllocStats {
     pub slab_empty_bytes: usize,
     /// Bytes in slabs whose memory went back to the kernel (or was never touched).
     pub slab_released_bytes: usize,
-    /// Address space reserved for the map from slabs to size classes, which `free` reads: 1 GiB
-    /// reserved with `MAP_NORESERVE`, of which a page per GiB of slabs is ever touched; 0 where
+    /// Address space reserved for the map from slabs to size classes, which `free` reads: 2 GiB
+    /// reserved with `MAP_NORESERVE`, of which a page per 512 MiB of slabs is ever touched; 0 where
     /// that would cost more than address space (a finite `RLIMIT_AS`, strict overcommit
     /// accounting) and the slab descriptors serve instead.
     pub class_map_reserved_bytes: usize,

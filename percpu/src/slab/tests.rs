@@ -471,3 +471,72 @@ fn the_fast_attempt_takes_only_what_the_cache_holds() {
         a.free(block.as_ptr());
     }
 }
+
+/// A block smaller than a cache line that `free` gets on an index other than its slab's home
+/// goes home (through this CPU's remote buffer, then the home's shard of the transfer level),
+/// never into this CPU's cache, where the next allocation would take it while its neighbours
+/// are in use on the home CPU: passive false sharing. It counts as freed, and `trim` finds it.
+#[test]
+fn small_blocks_freed_away_from_home_go_home() {
+    use super::pages::PageHeap;
+    let (l, c) = (layout(16, 16), class_of(16));
+    let rseq = matches!(crate::mode(), crate::Mode::Rseq { .. });
+    let shards = (rseq_sys::possible_cpus() as usize).clamp(1, crate::freelist::MAX_SHARDS);
+    // A migration between the frees and the allocations below would make another CPU's blocks
+    // ours; such attempts are repeated, and one that saw a single index is checked.
+    let mut checked = false;
+    for _attempt in 0..50 {
+        let a = PerCpuAlloc::new();
+        // SAFETY: a valid layout.
+        let blocks: Vec<*mut u8> = (0..300).map(|_| unsafe { a.alloc(l) }).collect();
+        let heap = a.heap().expect("a heap");
+        let list = &heap.class(c).list;
+        let id = list.current_index();
+        // Their slabs move to the next index, whose shard of the transfer level is not ours.
+        let home = id.map_or(0, |id| (id + 1) % shards + 1) as u32;
+        for &p in &blocks {
+            let slab = heap.pages.lookup(p as usize).expect("a slab block");
+            heap.pages
+                .set_word(slab, PageHeap::slab_class_word(slab), home);
+        }
+        for &p in &blocks {
+            // SAFETY: allocated here, freed once, by address.
+            unsafe { a.free(p) };
+        }
+        let sent: HashSet<usize> = blocks.iter().map(|&p| p as usize).collect();
+        // SAFETY: a valid layout.
+        let again: Vec<*mut u8> = (0..300).map(|_| unsafe { a.alloc(l) }).collect();
+        let stable = id.is_some() && list.current_index() == id;
+        if rseq && shards > 1 && stable {
+            let reused = again
+                .iter()
+                .filter(|&&p| sent.contains(&(p as usize)))
+                .count();
+            assert_eq!(reused, 0, "blocks homed elsewhere were handed out here");
+            checked = true;
+        }
+        let class = a.stats().classes[c];
+        assert_eq!((class.allocs, class.frees), (600, 300));
+        assert_eq!(class.in_use_bytes, 300 * 16);
+        for &p in &again {
+            // SAFETY: allocated here with `l`, freed once.
+            unsafe { a.dealloc(p, l) };
+        }
+        // Blocks on their way home (in remote buffers) go back to their slabs too.
+        a.trim();
+        let class = a.stats().classes[c];
+        assert_eq!(class.slabs, 0, "{class:?}");
+        assert_eq!(
+            class.cpu_cached_bytes + class.transfer_bytes,
+            0,
+            "{class:?}"
+        );
+        if checked || !rseq || shards == 1 {
+            break;
+        }
+    }
+    assert!(
+        checked || !rseq || shards == 1,
+        "every attempt migrated between its frees and its allocations"
+    );
+}
