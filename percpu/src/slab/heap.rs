@@ -15,9 +15,10 @@
 //! and for indices past 254, whose slabs have no home; and Rust's `dealloc`, which knows the
 //! class from the layout and never looks a block up, keeps the plain per-CPU path.
 //!
-//! What it costs, on a 2-vCPU guest: `free` tests the home (a few instructions, 2–4% of
-//! `larson` and `mstress`), and a producer/consumer (`xmalloc`, where every small block is
-//! freed away from home) pays about 5% for the trip home; `cache-scratch` runs 2.2× faster.
+//! What it costs, on a 2-vCPU guest (BENCHMARKS.md, eighth round): `free` tests the home (a few
+//! instructions, 2–4% of `larson` and `mstress`), and a producer/consumer (`xmalloc`, where
+//! every small block is freed away from home) pays about 5% for the trip home; `cache-scratch`
+//! runs 2.8× faster.
 
 use core::ptr::{self, NonNull};
 
