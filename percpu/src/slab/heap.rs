@@ -26,7 +26,7 @@ use super::central::Central;
 use super::class::{CLASSES, SIZES};
 use super::large::Large;
 use super::lock::SpinLock;
-use super::pages::{HOME_SHIFT, HOMED_INDICES, PageHeap};
+use super::pages::{CLASS_WORD_MASK, HOME_SHIFT, HOMED_INDICES, PageHeap};
 use super::stats::{AllocStats, ClassStats};
 use crate::freelist::{Backing, CacheArena, DirectCaches, MAX_CHAIN, RawFreeList};
 
@@ -89,8 +89,8 @@ pub(crate) struct Heap {
     _caches: CacheArena,
     /// The same for threads without rseq (touched only when there are some).
     _locked_caches: CacheArena,
-    /// The remote buffers' caches (their locked ones are never used: threads without rseq do
-    /// not send blocks home).
+    /// The remote buffers' caches (their locked ones serve only indices past the rseq caches':
+    /// threads without rseq do not send blocks home).
     _remote_caches: CacheArena,
     _remote_locked_caches: CacheArena,
     classes: [Class; CLASSES],
@@ -323,7 +323,7 @@ impl Heap {
     #[inline(always)]
     pub(crate) fn class_and_home(&self, block: *const u8) -> Option<(usize, u32)> {
         let word = self.pages.slab_word(block as usize);
-        let class = word & ((1 << HOME_SHIFT) - 1);
+        let class = word & CLASS_WORD_MASK;
         (class != 0).then(|| (class as usize - 1, word >> HOME_SHIFT))
     }
 

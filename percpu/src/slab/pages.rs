@@ -45,7 +45,7 @@ const CLASS_MAP_BYTES: usize = CLASS_MAP_ENTRIES * core::mem::size_of::<AtomicU1
 /// A slab's word holds its class word (class + 1, 0 for none) in its low byte and its home
 /// (index + 1, 0 for none) in the byte above: see [`Slab`].
 pub(crate) const HOME_SHIFT: u32 = 8;
-const CLASS_WORD_MASK: u32 = (1 << HOME_SHIFT) - 1;
+pub(crate) const CLASS_WORD_MASK: u32 = (1 << HOME_SHIFT) - 1;
 /// Indices from this one up carve slabs with no home (the home byte is full).
 pub(crate) const HOMED_INDICES: u32 = (1 << HOME_SHIFT) - 1;
 const _: () = assert!(CLASSES < CLASS_WORD_MASK as usize);
