@@ -77,6 +77,13 @@ pub use seq::{
 
 #[cfg(all(test, not(rseq_sys_no_sequences)))]
 mod tests;
+// The integration tests' helpers (child processes, seccomp), for unit tests that need them;
+// they name this crate `rseq_sys`.
+#[cfg(all(test, not(rseq_sys_no_sequences)))]
+#[path = "../tests/common/mod.rs"]
+mod test_common;
+#[cfg(all(test, not(rseq_sys_no_sequences)))]
+extern crate self as rseq_sys;
 // Linked so that `--features percpu/global-allocator` runs the unit tests on `PerCpuAlloc` too
 // (it brings a second copy of this crate, which shares glibc's registration with this one).
 #[cfg(test)]

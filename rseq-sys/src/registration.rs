@@ -269,8 +269,13 @@ const _: () = assert!(core::mem::align_of::<OwnArea>() == OWN_AREA_ALIGN);
 /// re-entrant caller). This is the fast path: one TLS load and a test once registered.
 #[inline]
 pub fn current() -> Option<Current> {
-    match current_if_registered() {
-        Some(current) => Some(current),
+    let t = thread_block::read();
+    match NonNull::new(t.area) {
+        Some(area) => Some(Current::from_block(area, t)),
+        // Known: answered from the block, which threads without rseq (old kernels, seccomp,
+        // valgrind) reach on every operation; the thread-local that says why costs a
+        // `__tls_get_addr` call in a shared object.
+        None if t.known_unavailable() => None,
         None => thread_block::with(current_slow),
     }
 }
@@ -281,13 +286,21 @@ pub fn current() -> Option<Current> {
 #[inline]
 pub fn current_if_registered() -> Option<Current> {
     let t = thread_block::read();
-    Some(Current {
-        area: NonNull::new(t.area)?,
-        kernel_size: t.kernel_size,
-        best: t.best(),
-        owner: t.owner(),
-        _not_send: PhantomData,
-    })
+    Some(Current::from_block(NonNull::new(t.area)?, t))
+}
+
+impl Current {
+    /// The registration a thread block holds, whose area is `area` (non-null).
+    #[inline(always)]
+    fn from_block(area: NonNull<Rseq>, t: thread_block::Snapshot) -> Current {
+        Current {
+            area,
+            kernel_size: t.kernel_size,
+            best: t.best(),
+            owner: t.owner(),
+            _not_send: PhantomData,
+        }
+    }
 }
 
 #[cold]
@@ -308,7 +321,7 @@ fn current_slow(t: &ThreadBlock) -> Option<Current> {
             Some(current)
         }
         Err(why) => {
-            NOT_REGISTERED.set(NotRegistered::Unavailable(why));
+            set_unavailable(why);
             None
         }
     }

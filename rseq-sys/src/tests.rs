@@ -698,3 +698,26 @@ fn fence_aborts_sequences_in_flight(fence: fn() -> Result<crate::FenceMethod, cr
         &methods[..1]
     );
 }
+
+/// A thread whose registration failed (here: seccomp fails `rseq(2)` with ENOSYS) is marked so in
+/// its thread block, where `current` answers it on every later call without the thread-local
+/// that holds the reason.
+#[test]
+fn a_failed_registration_is_remembered_in_the_thread_block() {
+    let name = "tests::child_failed_registration_is_remembered";
+    let out = crate::test_common::run_child(name, &[], Some(crate::test_common::deny_rseq_enosys));
+    crate::test_common::assert_child_passed(name, &out);
+}
+
+#[test]
+#[ignore = "run in a child by a_failed_registration_is_remembered_in_the_thread_block"]
+fn child_failed_registration_is_remembered() {
+    let known = || crate::thread_block::read().known_unavailable();
+    assert!(!known(), "a thread that never asked is not marked");
+    assert!(current().is_none());
+    assert!(known(), "the failure is in the block");
+    assert!(current().is_none());
+    let status = crate::status();
+    assert_eq!(status.reason, Some(crate::Unavailable::Errno(libc::ENOSYS)));
+    assert!(known(), "and stays there");
+}

@@ -37,7 +37,8 @@ pub(crate) struct ThreadBlock {
     kernel_size: Cell<u32>,
     /// `Index as u8` (the field offset), valid while `area` is non-null.
     best: Cell<u8>,
-    /// `Owner as u8`, valid while `area` is non-null.
+    /// `Owner as u8`. With `area` null: `Owner::None` once the thread is known to have no rseq
+    /// (so [`crate::current`] answers without the thread-local that says why), else 0.
     owner: Cell<u8>,
 }
 
@@ -85,6 +86,13 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether the thread is known to have no rseq: no area, and marked so by
+    /// [`ThreadBlock::set`] with [`Owner::None`] (a new thread's zeroed block is not).
+    #[inline(always)]
+    pub(crate) fn known_unavailable(self) -> bool {
+        self.area.is_null() && self.owner == Owner::None as u8
+    }
+
     /// The index choice; call only when `area` is non-null.
     #[inline(always)]
     pub(crate) fn best(self) -> crate::Index {
