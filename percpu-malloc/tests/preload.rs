@@ -3,8 +3,12 @@
 //! and a multi-threaded C stress program of our own (`tests/stress.c`: every function of the
 //! malloc family, every alignment, cross-thread frees, 2,000 short-lived threads, C edge
 //! cases). Each must exit 0 with identical output, on the rseq path and under
-//! `PERCPU_FORCE_FALLBACK=1`. Also: the library loaded with `dlopen` into a running
-//! multi-threaded program (`tests/dlopen.c`).
+//! `PERCPU_FORCE_FALLBACK=1`; the C program also where `rseq(2)` fails (a seccomp filter).
+//! Also: the library loaded with `dlopen` into a running multi-threaded program
+//! (`tests/dlopen.c`).
+
+#[path = "../../rseq-sys/tests/common/mod.rs"]
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -168,7 +172,27 @@ fn the_c_stress_program() {
     same_output(binary.0.to_str().unwrap(), &[], b"");
 }
 
-/// Under a finite `RLIMIT_AS` the allocator reserves no 1 GiB class map, and `free` finds each
+/// Where `rseq(2)` fails (seccomp, old kernels), glibc's registration and ours both fail and every
+/// thread takes the fallback path for real, with no registration behind it (unlike
+/// `PERCPU_FORCE_FALLBACK=1`): the same program must print the same.
+#[test]
+fn the_c_stress_program_without_rseq() {
+    use std::os::unix::process::CommandExt;
+
+    let binary = compile("stress");
+    let plain = run(binary.0.to_str().unwrap(), &[], b"", false, &[]);
+    let mut cmd = Command::new(&binary.0);
+    cmd.env("LD_PRELOAD", library());
+    // SAFETY: the filter is installed between fork and exec with prctl calls only, which are
+    // async-signal-safe and allocate nothing.
+    unsafe { cmd.pre_exec(common::deny_rseq_enosys) };
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stderr}", out.status);
+    assert!(out.stdout == plain, "the output differs from a plain run");
+}
+
+/// Under a finite `RLIMIT_AS` the allocator reserves no 2 GiB class map, and `free` finds each
 /// block's class through the slab descriptors instead: the same program must print the same.
 #[test]
 fn the_c_stress_program_where_address_space_is_limited() {

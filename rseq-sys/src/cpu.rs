@@ -17,6 +17,25 @@ pub fn current_cpu() -> Option<u32> {
     }
 }
 
+/// The CPU this thread ran on a moment ago, for threads without rseq: `sched_getcpu()`, asked
+/// again after 64 calls (or after [`forget_cpu_hint`]) and reported unchanged in between.
+///
+/// For spreading work over per-CPU data where a stale CPU costs locality, never correctness
+/// (another CPU's try-locked cache, another CPU's atomic shard): `sched_getcpu` is a vDSO call
+/// on every use, a sixth of a preloaded `malloc`'s time under `larson` without rseq. A caller
+/// that sees the cost of staleness (a contended lock) calls [`forget_cpu_hint`]. `None` when
+/// `sched_getcpu` fails. Allocates nothing.
+#[inline]
+pub fn cpu_hint() -> Option<u32> {
+    crate::thread_block::with(crate::thread_block::ThreadBlock::cpu_hint)
+}
+
+/// Makes the next [`cpu_hint`] ask `sched_getcpu` again (the thread may have moved).
+#[inline]
+pub fn forget_cpu_hint() {
+    crate::thread_block::with(crate::thread_block::ThreadBlock::forget_cpu_hint);
+}
+
 /// `sched_getcpu()`, or `None` when it fails.
 #[inline]
 pub fn sched_getcpu() -> Option<u32> {

@@ -65,7 +65,10 @@ mod thread_block;
 mod arch;
 
 pub use arch::HAS_SEQUENCES;
-pub use cpu::{current_cpu, current_mm_cid, current_node, possible_cpus, sched_getcpu};
+pub use cpu::{
+    cpu_hint, current_cpu, current_mm_cid, current_node, forget_cpu_hint, possible_cpus,
+    sched_getcpu,
+};
 pub use fence::{FenceError, FenceMethod, fence_all_cpus, membarrier_available};
 pub use registration::{
     Current, Owner, Status, Unavailable, UnregisterError, current, current_if_registered,

@@ -721,3 +721,32 @@ fn child_failed_registration_is_remembered() {
     assert_eq!(status.reason, Some(crate::Unavailable::Errno(libc::ENOSYS)));
     assert!(known(), "and stays there");
 }
+
+/// The CPU hint is `sched_getcpu`'s answer, asked again only after `CPU_HINT_USES` calls or
+/// after `forget_cpu_hint`: a thread moved to another CPU sees its old one until then.
+#[test]
+fn the_cpu_hint_is_asked_again_after_its_uses_or_when_forgotten() {
+    use crate::test_common::{allowed_cpus, set_affinity};
+    use crate::thread_block::CPU_HINT_USES;
+    let cpus = allowed_cpus();
+    // A new thread: its block's hint is unset.
+    std::thread::spawn(move || {
+        let (a, b) = (cpus[0] as u32, cpus[cpus.len() - 1] as u32);
+        set_affinity(&[a as usize]);
+        assert_eq!(crate::cpu_hint(), Some(a));
+        if a == b {
+            eprintln!("one CPU allowed: staleness not tested");
+            return;
+        }
+        set_affinity(&[b as usize]);
+        for call in 1..CPU_HINT_USES {
+            assert_eq!(crate::cpu_hint(), Some(a), "call {call} after the first");
+        }
+        assert_eq!(crate::cpu_hint(), Some(b), "asked again");
+        set_affinity(&[a as usize]);
+        crate::forget_cpu_hint();
+        assert_eq!(crate::cpu_hint(), Some(a), "asked again once forgotten");
+    })
+    .join()
+    .unwrap();
+}

@@ -40,13 +40,41 @@ pub(crate) struct ThreadBlock {
     /// `Owner as u8`. With `area` null: `Owner::None` once the thread is known to have no rseq
     /// (so [`crate::current`] answers without the thread-local that says why), else 0.
     owner: Cell<u8>,
+    /// The CPU [`crate::cpu_hint`] reports, and how many more calls may report it before
+    /// `sched_getcpu` is asked again (0: ask now).
+    cpu_hint: Cell<u32>,
+    hint_uses: Cell<u32>,
 }
 
-// The assembly reserves 16 bytes aligned to 16.
-const _: () = assert!(core::mem::size_of::<ThreadBlock>() == 16);
+// The assembly reserves 32 bytes aligned to 16 (the fast path reads the first 16).
+const _: () = assert!(core::mem::size_of::<ThreadBlock>() == 32);
 const _: () = assert!(core::mem::align_of::<ThreadBlock>() == 16);
 
+/// Calls of [`crate::cpu_hint`] that one `sched_getcpu` answers.
+pub(crate) const CPU_HINT_USES: u32 = 64;
+
 impl ThreadBlock {
+    /// See [`crate::cpu_hint`].
+    pub(crate) fn cpu_hint(&self) -> Option<u32> {
+        match self.hint_uses.get() {
+            0 => {
+                let cpu = crate::sched_getcpu()?;
+                self.cpu_hint.set(cpu);
+                self.hint_uses.set(CPU_HINT_USES - 1);
+                Some(cpu)
+            }
+            uses => {
+                self.hint_uses.set(uses - 1);
+                Some(self.cpu_hint.get())
+            }
+        }
+    }
+
+    /// See [`crate::forget_cpu_hint`].
+    pub(crate) fn forget_cpu_hint(&self) {
+        self.hint_uses.set(0);
+    }
+
     /// Publishes a registration (the area last, so a non-null area implies the rest).
     pub(crate) fn set(&self, area: *mut Rseq, kernel_size: u32, best: crate::Index, owner: Owner) {
         self.kernel_size.set(kernel_size);
@@ -163,16 +191,16 @@ mod in_assembly {
         };
     }
 
-    // 16 zero bytes of thread-local storage (`"awT"`, `@nobits`: .tbss, zeroed per thread).
+    // 32 zero bytes of thread-local storage (`"awT"`, `@nobits`: .tbss, zeroed per thread).
     core::arch::global_asm!(
         concat!(".pushsection .tbss.", block_symbol!(), ",\"awT\",@nobits"),
         ".balign 16",
         concat!(".weak ", block_symbol!()),
         concat!(".hidden ", block_symbol!()),
         concat!(".type ", block_symbol!(), ",@object"),
-        concat!(".size ", block_symbol!(), ",16"),
+        concat!(".size ", block_symbol!(), ",32"),
         concat!(block_symbol!(), ":"),
-        ".zero 16",
+        ".zero 32",
         ".popsection",
     );
 
@@ -322,6 +350,8 @@ fn block() -> *mut ThreadBlock {
                 kernel_size: Cell::new(0),
                 best: Cell::new(0),
                 owner: Cell::new(0),
+                cpu_hint: Cell::new(0),
+                hint_uses: Cell::new(0),
             }
         };
     }

@@ -428,7 +428,7 @@ impl Shards {
     /// The shard of the CPU the caller runs on.
     #[inline]
     pub(crate) fn local(&self) -> &Global {
-        self.shard(rseq_sys::sched_getcpu().unwrap_or(0) as usize)
+        self.shard(rseq_sys::cpu_hint().unwrap_or(0) as usize)
     }
 
     /// Every shard, starting with `id`'s.

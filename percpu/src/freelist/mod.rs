@@ -27,10 +27,11 @@
 //! Threads without rseq (or all threads under `PERCPU_FORCE_FALLBACK=1`) never write an rseq
 //! cache: its commits are plain stores, which an atomic write from another CPU could be lost
 //! under. They have caches of their own instead, the same array stacks found by the CPU
-//! `sched_getcpu()` reports, each behind a try-lock in its count word: a compare-exchange takes
-//! it, the store of the new count releases it. A thread that finds its CPU's cache held (by a
-//! thread preempted inside, or one that migrated) goes to the global level (its CPU's shard)
-//! instead of waiting, so no thread ever waits for another. A push and pop pair costs two
+//! `sched_getcpu()` reports (asked once every 64 operations: [`rseq_sys::cpu_hint`]), each
+//! behind a try-lock in its count word: a compare-exchange takes it, the store of the new count
+//! releases it. A thread that finds its CPU's cache held (by a thread preempted inside, or one
+//! that migrated, or because this one did) goes to the global level (its CPU's shard) instead
+//! of waiting, so no thread ever waits for another, and asks for its CPU again next time. A push and pop pair costs two
 //! compare-exchanges, about 1.5× glibc's malloc and free. Threads of both kinds can share one
 //! freelist.
 //!
@@ -382,7 +383,7 @@ impl RawFreeList {
     ///
     /// Threads without rseq must not write the rseq caches, and the global level costs several
     /// compare-exchanges an item, so they have caches of their own: the same array stacks,
-    /// found by `sched_getcpu()`, each locked by setting its count word's lock bit with a
+    /// found by [`rseq_sys::cpu_hint`], each locked by setting its count word's lock bit with a
     /// compare-exchange and unlocked by the store that commits the new count. A thread that finds
     /// the lock taken (its holder was preempted, or migrated here) goes past the cache instead of
     /// waiting, so nobody ever waits for another thread: still lock-free. Only drains wait.
@@ -390,6 +391,8 @@ impl RawFreeList {
     fn push_direct<B: Backing>(&self, item: usize, backing: B) -> Result<(), ()> {
         let id = self.fallback_id();
         let Some(word) = self.try_lock(id) else {
+            // Taken: its holder may be on that CPU and this thread no longer (a stale hint).
+            rseq_sys::forget_cpu_hint();
             return self.push_shared(id, item, backing);
         };
         let depth = word & STACK_DEPTH_MASK;
@@ -475,10 +478,11 @@ impl RawFreeList {
         Some(seq.current().index(index) as usize)
     }
 
-    /// The locked cache a thread without rseq uses: its CPU's.
+    /// The locked cache a thread without rseq uses: its CPU's, as [`rseq_sys::cpu_hint`] last
+    /// saw it (a `sched_getcpu` call every time would cost more than the cache saves).
     #[inline]
     fn fallback_id(&self) -> usize {
-        let cpu = rseq_sys::sched_getcpu().unwrap_or(0) as usize;
+        let cpu = rseq_sys::cpu_hint().unwrap_or(0) as usize;
         // Always below the possible CPUs in practice: no division on the way.
         if cpu < self.cpus {
             cpu
@@ -763,6 +767,8 @@ impl RawFreeList {
     fn pop_direct<B: Backing>(&self, backing: B) -> Option<NonNull<u8>> {
         let id = self.fallback_id();
         let Some(word) = self.try_lock(id) else {
+            // As in `push_direct`.
+            rseq_sys::forget_cpu_hint();
             return self.pop_shared(id, backing);
         };
         let depth = word & STACK_DEPTH_MASK;
