@@ -11,7 +11,7 @@ dir=${1:?usage: benches/malloc/pack.sh DIR}
 cd "$(dirname "$0")/../.."
 source benches/malloc/allocators.sh
 mkdir -p "$dir"
-for name in shapes classes; do
+for name in shapes classes norseq; do
     cp "$(program "$name")" "$dir/"
 done
 for a in percpu mimalloc jemalloc tcmalloc; do

@@ -5,6 +5,7 @@
 # median time and the peak RSS of each, per shape, as Markdown.
 #
 # usage: benches/malloc/run.sh [ROUNDS (5)] [THREADS (the CPUs)] [SCALE (1)]
+# With MALLOC_BENCH_NO_RSEQ=1 every run has rseq(2) failing (norseq.c): the paths without rseq.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-5}
@@ -12,6 +13,8 @@ threads=${2:-$(nproc)}
 scale=${3:-1}
 source benches/malloc/allocators.sh
 shapes_bin=$(program shapes)
+wrap=()
+[ -n "${MALLOC_BENCH_NO_RSEQ:-}" ] && wrap=("$(program norseq)")
 
 allocators=(glibc percpu mimalloc jemalloc tcmalloc)
 shapes=(larson xmalloc scratch mstress small)
@@ -23,21 +26,23 @@ for shape in "${shapes[@]}"; do
     for ((round = 0; round < rounds; round++)); do
         for ((i = 0; i < ${#allocators[@]}; i++)); do
             a=${allocators[$(((i + round) % ${#allocators[@]}))]}
-            echo "$a $(LD_PRELOAD=${lib[$a]} "$shapes_bin" "$shape" "$t" "$scale")" >>"$results"
+            echo "$a $(LD_PRELOAD=${lib[$a]} "${wrap[@]}" "$shapes_bin" "$shape" "$t" "$scale")" >>"$results"
         done
     done
     echo "$shape done" >&2
 done
 
-python3 - "$results" "${allocators[@]}" <<'PY'
+python3 - "$results" "${#wrap[@]}" "${allocators[@]}" <<'PY'
 import platform, statistics, sys
-path, allocators = sys.argv[1], sys.argv[2:]
+path, no_rseq, allocators = sys.argv[1], sys.argv[2] != "0", sys.argv[3:]
 runs = {}
 for line in open(path):
     alloc, shape, threads, seconds, rss = line.split()
     runs.setdefault((shape, int(threads)), {}).setdefault(alloc, []).append((float(seconds), int(rss)))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"Machine: {cpu}, {len(open('/proc/cpuinfo').read().split('processor')) - 1} CPUs, Linux {platform.release()}\n")
+if no_rseq:
+    print("rseq(2) failing with ENOSYS in every run (MALLOC_BENCH_NO_RSEQ=1)\n")
 print("median seconds (peak RSS MiB); **bold**: fastest; ratio: time / percpu time\n")
 print("| shape | threads | " + " | ".join(allocators) + " |")
 print("|---|---:|" + "---:|" * len(allocators))
