@@ -346,7 +346,12 @@ pub struct Status {
 
 /// The current thread's [`Status`].
 pub fn status() -> Status {
-    let registered = current();
+    // The block may say "no rseq" for another copy of this crate in the process (one of the
+    // same version shares the block, not the thread-local with the reason): then ask ourselves.
+    let registered = current().or_else(|| match NOT_REGISTERED.get() {
+        NotRegistered::Unknown => thread_block::with(current_slow),
+        _ => None,
+    });
     match (registered, NOT_REGISTERED.get()) {
         (Some(c), _) => Status {
             owner: c.owner,

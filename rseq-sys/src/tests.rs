@@ -712,8 +712,9 @@ fn a_failed_registration_is_remembered_in_the_thread_block() {
 #[test]
 #[ignore = "run in a child by a_failed_registration_is_remembered_in_the_thread_block"]
 fn child_failed_registration_is_remembered() {
+    // (Whether the block is marked before: with `percpu/global-allocator`, the harness's own
+    // allocations on this thread have already asked.)
     let known = || crate::thread_block::read().known_unavailable();
-    assert!(!known(), "a thread that never asked is not marked");
     assert!(current().is_none());
     assert!(known(), "the failure is in the block");
     assert!(current().is_none());
