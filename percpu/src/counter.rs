@@ -16,7 +16,9 @@
 //! An rseq add is a plain load-add-store committed on one CPU. An atomic add to the same slot
 //! from a thread without rseq, on another CPU, could land between that load and store and be
 //! overwritten. So threads without rseq (seccomp, valgrind, `PERCPU_FORCE_FALLBACK=1`) add
-//! atomically to shards of their own, indexed by `sched_getcpu()`, and [`Counter::sum`] folds both.
+//! atomically to shards of their own, indexed by the CPU (`sched_getcpu()`, asked once every 64
+//! adds: [`rseq_sys::cpu_hint`]; a thread that moved adds to its old CPU's shard until then,
+//! which costs only sharing a line), and [`Counter::sum`] folds both.
 //!
 //! # Memory ordering
 //! Adds are relaxed: they order nothing else. [`Counter::sum`] reads every slot once with relaxed
@@ -196,11 +198,11 @@ impl<const N: usize> Drop for RawCounters<N> {
     }
 }
 
-/// The shard a fallback add goes to: the current CPU, or a fixed per-thread shard when
-/// `sched_getcpu` fails.
+/// The shard a fallback add goes to: the current CPU (as [`rseq_sys::cpu_hint`] last saw it), or
+/// a fixed per-thread shard when `sched_getcpu` fails.
 #[inline(always)]
 fn fallback_shard(cpus: usize) -> usize {
-    match rseq_sys::sched_getcpu() {
+    match rseq_sys::cpu_hint() {
         Some(cpu) if (cpu as usize) < cpus => cpu as usize,
         _ => thread_shard() % cpus,
     }
