@@ -10,6 +10,11 @@
 //! its last live block comes back. Checked: every block exactly once at the end, a slab is only
 //! returned with every block of it free, live counts match, and the recorded length is exact
 //! once the threads are done.
+//!
+//! A second model covers homes (the 16–48-byte classes): each slab's home is read without a
+//! lock by every free, which pushes the block onto its home's shard (or spills it), while fills
+//! under the central lock adopt a slab with returned blocks by rewriting its home. Checked: every
+//! block exactly once at the end, and live counts match, whatever home a free read.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -33,6 +38,14 @@ fn first_of(head: u64) -> u32 {
 }
 
 impl Transfer {
+    fn new() -> Transfer {
+        Transfer {
+            head: AtomicU64::new(u64::from(NIL)),
+            next: core::array::from_fn(|_| AtomicU32::new(NIL)),
+            depth: core::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+
     fn depth_of(&self, first: u32) -> u32 {
         if first == NIL {
             0
@@ -104,11 +117,7 @@ impl Heap {
             returned: true,
         });
         Arc::new(Heap {
-            transfer: Transfer {
-                head: AtomicU64::new(u64::from(NIL)),
-                next: core::array::from_fn(|_| AtomicU32::new(NIL)),
-                depth: core::array::from_fn(|_| AtomicU32::new(0)),
-            },
+            transfer: Transfer::new(),
             central: Mutex::new(central),
         })
     }
@@ -204,6 +213,150 @@ fn transfer_and_central_levels_keep_every_block_once() {
                 .filter(|&&b| b as usize / PER_SLAB == s)
                 .count();
             assert_eq!(slab.live as usize, out_here, "slab {s} live count");
+            all.extend(&slab.free);
+        }
+        all.sort_unstable();
+        assert_eq!(all, [0, 1, 2, 3], "each block exactly once");
+    });
+}
+
+const SLABS: usize = BLOCKS / PER_SLAB;
+/// No home (a slab at the page heap).
+const NO_HOME: u32 = u32::MAX;
+
+/// Two indices, each with its shard of the transfer level; every slab has a home, read by frees
+/// without the lock.
+struct HomedHeap {
+    shards: [Transfer; 2],
+    homes: [AtomicU32; SLABS],
+    central: Mutex<[Slab; SLABS]>,
+}
+
+impl HomedHeap {
+    fn new() -> Arc<HomedHeap> {
+        let central = core::array::from_fn(|s| Slab {
+            free: (s * PER_SLAB..(s + 1) * PER_SLAB)
+                .map(|b| b as u32)
+                .collect(),
+            live: 0,
+            returned: true,
+        });
+        Arc::new(HomedHeap {
+            shards: [Transfer::new(), Transfer::new()],
+            homes: core::array::from_fn(|_| AtomicU32::new(NO_HOME)),
+            central: Mutex::new(central),
+        })
+    }
+
+    /// Index `home`'s allocation: its own shard, else a fill: a slab homed there, else one with
+    /// returned blocks (adopted), else one from the page heap (homed there).
+    fn alloc(&self, home: u32) -> u32 {
+        if let Some(block) = self.shards[home as usize].pop() {
+            return block;
+        }
+        let mut central = self.central.lock().unwrap();
+        let usable = |s: usize, c: &[Slab; SLABS]| !c[s].returned && !c[s].free.is_empty();
+        let slab = (0..SLABS)
+            .find(|&s| usable(s, &central) && self.homes[s].load(Ordering::Relaxed) == home)
+            .or_else(|| (0..SLABS).find(|&s| usable(s, &central)))
+            .or_else(|| (0..SLABS).find(|&s| central[s].returned))
+            .expect("4 blocks cover 2 threads of 2");
+        self.homes[slab].store(home, Ordering::Relaxed);
+        let slab = &mut central[slab];
+        slab.returned = false;
+        slab.live += 1;
+        slab.free.pop().unwrap()
+    }
+
+    /// A free anywhere: to the shard of the home it reads, or to the slab past the limit.
+    fn free(&self, block: u32) {
+        let home = self.homes[block as usize / PER_SLAB].load(Ordering::Relaxed);
+        assert_ne!(home, NO_HOME, "block {block} of a slab at the page heap");
+        let shard = &self.shards[home as usize];
+        if shard.len() >= LIMIT {
+            self.spill(block);
+        } else {
+            shard.push(block);
+        }
+    }
+
+    fn spill(&self, block: u32) {
+        let mut central = self.central.lock().unwrap();
+        let s = block as usize / PER_SLAB;
+        let slab = &mut central[s];
+        assert!(!slab.returned, "block {block} spilled into a returned slab");
+        slab.free.push(block);
+        slab.live -= 1;
+        if slab.live == 0 {
+            assert_eq!(
+                slab.free.len(),
+                PER_SLAB,
+                "slab returned with a block missing"
+            );
+            slab.returned = true;
+            self.homes[s].store(NO_HOME, Ordering::Relaxed);
+        }
+    }
+
+    fn trim(&self) {
+        for shard in &self.shards {
+            while let Some(block) = shard.pop() {
+                self.spill(block);
+            }
+        }
+    }
+}
+
+/// Each index allocates two blocks and the other index frees them: every free goes home through
+/// a home read without the lock, while fills adopt slabs and a trim drains both shards.
+#[test]
+fn homes_read_without_the_lock_keep_every_block_once() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(2);
+    builder.check(|| {
+        let heap = HomedHeap::new();
+        let to_1 = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let to_0 = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let workers: Vec<_> = (0..2u32)
+            .map(|home| {
+                let heap = heap.clone();
+                let (mine, theirs) = if home == 0 {
+                    (to_0.clone(), to_1.clone())
+                } else {
+                    (to_1.clone(), to_0.clone())
+                };
+                thread::spawn(move || {
+                    let blocks = [heap.alloc(home), heap.alloc(home)];
+                    theirs.lock().unwrap().extend(blocks);
+                    // Free what the other index allocated, as far as it has handed over.
+                    let handed: Vec<u32> = mine.lock().unwrap().drain(..).collect();
+                    for block in handed {
+                        heap.free(block);
+                    }
+                })
+            })
+            .collect();
+        let trimmer = {
+            let heap = heap.clone();
+            thread::spawn(move || heap.trim())
+        };
+        for w in workers {
+            w.join().unwrap();
+        }
+        trimmer.join().unwrap();
+        // What was handed over after its receiver looked, then everything back to the slabs.
+        for queue in [&to_0, &to_1] {
+            let left: Vec<u32> = queue.lock().unwrap().drain(..).collect();
+            for block in left {
+                heap.free(block);
+            }
+        }
+        heap.trim();
+
+        let central = heap.central.lock().unwrap();
+        let mut all: Vec<u32> = Vec::new();
+        for (s, slab) in central.iter().enumerate() {
+            assert_eq!(slab.live, 0, "slab {s}: every block came back");
             all.extend(&slab.free);
         }
         all.sort_unstable();
