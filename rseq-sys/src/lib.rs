@@ -8,7 +8,8 @@
 //! - [`registration`]: per-thread registration cooperating with glibc; [`current`] (and
 //!   [`current_if_registered`], which never registers), [`kernel_size`], [`status`],
 //!   [`unregister_current_thread`].
-//! - [`cpu`]: [`current_cpu`], [`current_node`], [`current_mm_cid`], [`possible_cpus`].
+//! - [`cpu`]: [`current_cpu`], [`current_node`], [`current_mm_cid`], [`possible_cpus`], and for
+//!   threads without rseq [`cpu_hint`] (`sched_getcpu` once every 64 calls).
 //! - [`fence`]: [`fence_all_cpus`], to take per-CPU data away from in-flight sequences.
 //! - [`seq`]: [`Sequences`], one interface over the per-architecture asm (x86_64 and aarch64;
 //!   elsewhere [`HAS_SEQUENCES`] is false and [`Current::sequences`] is `None`).
