@@ -102,23 +102,47 @@ struct Slab {
     returned: bool,
 }
 
+const SLABS: usize = BLOCKS / PER_SLAB;
+
+/// The central level at the start: every slab at the page heap, holding all its blocks.
+fn all_returned() -> [Slab; SLABS] {
+    core::array::from_fn(|s| Slab {
+        free: (s * PER_SLAB..(s + 1) * PER_SLAB)
+            .map(|b| b as u32)
+            .collect(),
+        live: 0,
+        returned: true,
+    })
+}
+
+/// Puts `block` back in its slab (the central lock held): whether the slab, now with every
+/// block free, went back to the page heap.
+fn give_back(central: &mut [Slab; SLABS], block: u32) -> bool {
+    let slab = &mut central[block as usize / PER_SLAB];
+    assert!(!slab.returned, "block {block} spilled into a returned slab");
+    slab.free.push(block);
+    slab.live -= 1;
+    if slab.live == 0 {
+        assert_eq!(
+            slab.free.len(),
+            PER_SLAB,
+            "slab returned with a block missing"
+        );
+        slab.returned = true;
+    }
+    slab.returned
+}
+
 struct Heap {
     transfer: Transfer,
-    central: Mutex<[Slab; BLOCKS / PER_SLAB]>,
+    central: Mutex<[Slab; SLABS]>,
 }
 
 impl Heap {
     fn new() -> Arc<Heap> {
-        let central = core::array::from_fn(|s| Slab {
-            free: (s * PER_SLAB..(s + 1) * PER_SLAB)
-                .map(|b| b as u32)
-                .collect(),
-            live: 0,
-            returned: true,
-        });
         Arc::new(Heap {
             transfer: Transfer::new(),
-            central: Mutex::new(central),
+            central: Mutex::new(all_returned()),
         })
     }
 
@@ -147,19 +171,7 @@ impl Heap {
     }
 
     fn spill(&self, block: u32) {
-        let mut central = self.central.lock().unwrap();
-        let slab = &mut central[block as usize / PER_SLAB];
-        assert!(!slab.returned, "block {block} spilled into a returned slab");
-        slab.free.push(block);
-        slab.live -= 1;
-        if slab.live == 0 {
-            assert_eq!(
-                slab.free.len(),
-                PER_SLAB,
-                "slab returned with a block missing"
-            );
-            slab.returned = true;
-        }
+        give_back(&mut self.central.lock().unwrap(), block);
     }
 
     fn trim(&self) {
@@ -220,7 +232,6 @@ fn transfer_and_central_levels_keep_every_block_once() {
     });
 }
 
-const SLABS: usize = BLOCKS / PER_SLAB;
 /// No home (a slab at the page heap).
 const NO_HOME: u32 = u32::MAX;
 
@@ -234,17 +245,10 @@ struct HomedHeap {
 
 impl HomedHeap {
     fn new() -> Arc<HomedHeap> {
-        let central = core::array::from_fn(|s| Slab {
-            free: (s * PER_SLAB..(s + 1) * PER_SLAB)
-                .map(|b| b as u32)
-                .collect(),
-            live: 0,
-            returned: true,
-        });
         Arc::new(HomedHeap {
             shards: [Transfer::new(), Transfer::new()],
             homes: core::array::from_fn(|_| AtomicU32::new(NO_HOME)),
-            central: Mutex::new(central),
+            central: Mutex::new(all_returned()),
         })
     }
 
@@ -281,20 +285,8 @@ impl HomedHeap {
     }
 
     fn spill(&self, block: u32) {
-        let mut central = self.central.lock().unwrap();
-        let s = block as usize / PER_SLAB;
-        let slab = &mut central[s];
-        assert!(!slab.returned, "block {block} spilled into a returned slab");
-        slab.free.push(block);
-        slab.live -= 1;
-        if slab.live == 0 {
-            assert_eq!(
-                slab.free.len(),
-                PER_SLAB,
-                "slab returned with a block missing"
-            );
-            slab.returned = true;
-            self.homes[s].store(NO_HOME, Ordering::Relaxed);
+        if give_back(&mut self.central.lock().unwrap(), block) {
+            self.homes[block as usize / PER_SLAB].store(NO_HOME, Ordering::Relaxed);
         }
     }
 
