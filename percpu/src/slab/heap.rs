@@ -330,8 +330,7 @@ impl Heap {
     /// The size class of `block` when it is a slab block; `None` for large blocks.
     #[inline]
     pub(crate) fn class_of_block(&self, block: *const u8) -> Option<usize> {
-        let class = self.pages.class_word(block as usize);
-        (class != 0).then(|| class as usize - 1)
+        self.class_and_home(block).map(|(class, _)| class)
     }
 
     /// Moves every cached block back to its slab and returns empty slabs and cached large

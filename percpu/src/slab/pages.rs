@@ -214,8 +214,9 @@ impl PageHeap {
         }
     }
 
-    /// The class word (class + 1, or 0) of the slab holding `address`, as [`Self::slab_word`].
-    #[inline]
+    /// The class word (class + 1, or 0) of the slab holding `address`, as [`Self::slab_word`]
+    /// (the tests' view; the allocator reads the whole word).
+    #[cfg(test)]
     pub(crate) fn class_word(&self, address: usize) -> u32 {
         self.slab_word(address) & CLASS_WORD_MASK
     }
