@@ -71,6 +71,15 @@ const CLASS_BY_16: [u8; TABLE_MAX / 16 + 1] = {
     table
 };
 
+/// Whether a block of class `class` may serve `new_size` bytes in place when resized by address
+/// (C's `realloc`): it fits, and at least half the block stays in use, as mimalloc and
+/// tcmalloc decide. A shrink past half moves, so that a small remainder never pins a large
+/// block; a size whose own class is `class` always stays (below half only in the smallest).
+pub(crate) fn keeps_block(class: usize, new_size: usize) -> bool {
+    let block = SIZES[class];
+    new_size <= block && (new_size >= block / 2 || class_of(new_size) == class)
+}
+
 /// [`class_of`] with one load instead of the arithmetic up to [`TABLE_MAX`].
 #[inline(always)]
 pub(crate) fn class_of_small(size: usize) -> usize {

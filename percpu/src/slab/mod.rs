@@ -54,7 +54,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
-use class::{CLASSES, MAX_SMALL, SIZES, class_for, class_of_small};
+use class::{CLASSES, MAX_SMALL, SIZES, class_for, class_of_small, keeps_block};
 use heap::Heap;
 use lock::SpinLock;
 
@@ -266,9 +266,12 @@ impl PerCpuAlloc {
     }
 
     /// Resizes `block` knowing only its address (as C's `realloc` does): in place when the new
-    /// size fits its size class or its mapping can be remapped, else moved to a block aligned
-    /// to 16. Null when out of memory (the block is then unchanged); a `new_size` of 0 gets the
-    /// smallest block.
+    /// size fits its block and uses at least half of it (as mimalloc and tcmalloc do), or when
+    /// its mapping can be remapped; else moved to a block aligned to 16. Null when out of memory
+    /// (the block is then unchanged); a `new_size` of 0 gets the smallest block.
+    ///
+    /// A block shrunk in place keeps its size class, which the new size may not name: free it
+    /// with [`Self::free`], by address, never with a `Layout` of the new size.
     ///
     /// # Safety
     /// `block` was returned by this allocator and not freed.
@@ -277,7 +280,7 @@ impl PerCpuAlloc {
             return ptr::null_mut();
         };
         let old_size = match heap.class_of_block(block) {
-            Some(class) if class_for(new_size, 16) == Some(class) => return block,
+            Some(class) if keeps_block(class, new_size) => return block,
             Some(class) => SIZES[class],
             None => {
                 if new_size > MAX_SMALL

@@ -246,6 +246,47 @@ fn realloc_by_address_keeps_the_prefix_and_nothing_else() {
     assert_eq!(a.stats().in_use_bytes(), 0);
 }
 
+/// C's `realloc` shrinks in place while at least half of the block stays in use (every class:
+/// its contents stay, and `usable_size` still names the whole block), and moves below that, so
+/// that a small remainder never pins a large block. The blocks kept are freed by address, and
+/// their class's counts come out even.
+#[test]
+fn realloc_by_address_shrinks_in_place_down_to_half_its_block() {
+    let a = PerCpuAlloc::new();
+    for (class, &block) in SIZES.iter().enumerate() {
+        for (new_size, stays) in [
+            (block, true),
+            (block / 2, true),
+            (block / 2 - 1, class_of(block / 2 - 1) == class),
+            (1, class == 0),
+        ] {
+            let seed = class as u8;
+            // SAFETY: a valid layout; `block` bytes.
+            let p = unsafe { a.alloc(layout(block, 16)) };
+            // SAFETY: `p` holds `block` bytes.
+            unsafe { fill(p, block, seed) };
+            // SAFETY: `p` is live; C's contract.
+            let q = unsafe { a.realloc_unsized(p, new_size) };
+            assert_eq!(q == p, stays, "{block}-byte block resized to {new_size}");
+            // SAFETY: `q` is live and holds at least `new_size` bytes, the kept prefix.
+            unsafe { check(q, new_size, seed) };
+            // SAFETY: `q` is live.
+            let usable = unsafe { a.usable_size(q) };
+            if stays {
+                assert_eq!(usable, block, "kept its class");
+            } else {
+                assert!(
+                    usable >= new_size && usable < block,
+                    "{usable} for {new_size}"
+                );
+            }
+            // SAFETY: live; by address, as the docs require.
+            unsafe { a.free(q) };
+        }
+    }
+    assert_eq!(a.stats().in_use_bytes(), 0);
+}
+
 #[test]
 fn large_realloc_remaps_without_copying_when_it_can() {
     let a = PerCpuAlloc::new();
