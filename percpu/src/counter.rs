@@ -29,7 +29,7 @@
 
 use core::fmt;
 use core::marker::PhantomData;
-use core::ptr;
+use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::mode::{forced_fallback, rseq_path};
@@ -48,6 +48,9 @@ pub(crate) struct RawCounters<const N: usize> {
     baselines: [AtomicI64; N],
     /// Per counter: adds made while the region could not be mapped (out of memory).
     spill: [AtomicI64; N],
+    /// Whether `region` is this structure's own mapping (unmapped on drop), or part of a
+    /// [`CounterArena`]'s.
+    owns_region: bool,
 }
 
 impl<const N: usize> RawCounters<N> {
@@ -61,7 +64,22 @@ impl<const N: usize> RawCounters<N> {
             rseq_cpus: AtomicUsize::new(0),
             baselines: [const { AtomicI64::new(0) }; N],
             spill: [const { AtomicI64::new(0) }; N],
+            owns_region: true,
         }
+    }
+
+    /// Counters in `region`, [`Self::region_len`]`(cpus)` zeroed bytes that outlive them and
+    /// that nothing else uses, for `cpus` possible CPUs.
+    ///
+    /// # Safety
+    /// As above: `region` is valid, zeroed and not shared, for as long as the counters live.
+    unsafe fn in_region(region: NonNull<u8>, cpus: usize) -> Self {
+        let mut counters = Self::new();
+        counters.region = AtomicPtr::new(region.as_ptr());
+        counters.cpus = AtomicUsize::new(cpus);
+        counters.rseq_cpus = AtomicUsize::new(if forced_fallback() { 0 } else { cpus });
+        counters.owns_region = false;
+        counters
     }
 
     fn region_len(cpus: usize) -> usize {
@@ -190,11 +208,61 @@ impl<const N: usize> RawCounters<N> {
 impl<const N: usize> Drop for RawCounters<N> {
     fn drop(&mut self) {
         let region = *self.region.get_mut();
-        if !region.is_null() {
+        if self.owns_region && !region.is_null() {
             let len = Self::region_len(*self.cpus.get_mut());
             // SAFETY: the region was mapped with this length and nothing can use it after drop.
             unsafe { libc::munmap(region.cast(), len) };
         }
+    }
+}
+
+/// The regions of several sets of `N` counters, back to back in one mapping: a structure that
+/// keeps a set per part (the slab allocator: one per size class) then touches a page per few
+/// sets as they are used, instead of a page per set. Pages are touched only as sets are added
+/// to.
+pub(crate) struct CounterArena<const N: usize> {
+    mapping: Mapping,
+    cpus: usize,
+    sets: usize,
+}
+
+impl<const N: usize> CounterArena<N> {
+    /// Regions for `sets` sets of counters on `cpus` possible CPUs; `None` if the kernel refuses
+    /// memory.
+    pub(crate) fn new(cpus: usize, sets: usize) -> Option<Self> {
+        let len = RawCounters::<N>::region_len(cpus).checked_mul(sets)?;
+        Some(CounterArena {
+            mapping: Mapping::new(len)?,
+            cpus,
+            sets,
+        })
+    }
+
+    /// The counters of set `set`.
+    ///
+    /// # Safety
+    /// `set` is below the sets given to `new` and handed out once, and the arena outlives the
+    /// returned counters.
+    pub(crate) unsafe fn counters(&self, set: usize) -> RawCounters<N> {
+        assert!(set < self.sets, "counter set {set} of {}", self.sets);
+        let len = RawCounters::<N>::region_len(self.cpus);
+        // SAFETY: set `set`'s region lies inside the mapping (`new` sized it for every set), is
+        // zeroed until its counters add, and is the caller's alone to hand out once.
+        unsafe {
+            RawCounters::in_region(
+                NonNull::new_unchecked(self.mapping.as_ptr().add(set * len)),
+                self.cpus,
+            )
+        }
+    }
+}
+
+impl<const N: usize> fmt::Debug for CounterArena<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CounterArena")
+            .field("cpus", &self.cpus)
+            .field("sets", &self.sets)
+            .finish_non_exhaustive()
     }
 }
 
@@ -465,6 +533,46 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sets of one arena count apart (their regions never overlap), and each set's counters
+    /// borrow their region: dropping some sets leaves the others' memory mapped and counting
+    /// (a set that unmapped its part of the arena would take its neighbours' pages with it).
+    #[test]
+    fn an_arena_s_sets_count_apart_and_outlive_each_other() {
+        const SETS: usize = 40;
+        let cpus = rseq_sys::possible_cpus() as usize;
+        let arena = CounterArena::<5>::new(cpus, SETS).unwrap();
+        // SAFETY: each set once; the arena outlives them (dropped last).
+        let mut sets: Vec<Option<RawCounters<5>>> = (0..SETS)
+            .map(|s| Some(unsafe { arena.counters(s) }))
+            .collect();
+        // Set `s` adds its number to counter `s % 4` and 1 to counter 4.
+        let expected = |s: usize, rounds: i64| {
+            let mut sums = [0i64; 5];
+            sums[s % 4] = rounds * (s as i64 + 1);
+            sums[4] = rounds;
+            sums
+        };
+        let add_to_all = |sets: &[Option<RawCounters<5>>]| {
+            for (s, set) in sets.iter().enumerate() {
+                if let Some(set) = set {
+                    set.add(s % 4, s as i64 + 1);
+                    set.add(4, 1);
+                }
+            }
+        };
+        add_to_all(&sets);
+        for (s, set) in sets.iter().enumerate() {
+            assert_eq!(set.as_ref().unwrap().sums(), expected(s, 1), "set {s}");
+        }
+        for set in sets.iter_mut().step_by(2) {
+            *set = None;
+        }
+        add_to_all(&sets);
+        for (s, set) in sets.iter().enumerate().skip(1).step_by(2) {
+            assert_eq!(set.as_ref().unwrap().sums(), expected(s, 2), "set {s}");
+        }
+    }
 
     #[test]
     fn a_group_block_is_n_words_rounded_to_cache_lines() {

@@ -62,7 +62,7 @@ use rseq_sys::{
     FenceMethod, Index, Outcome, STACK_DEPTH_MASK, STACK_LOCKED, STACK_POPS_SHIFT, Sequences,
 };
 
-use crate::counter::RawCounters;
+use crate::counter::{CounterArena, RawCounters};
 use crate::mode::{forced_fallback, rseq_path};
 use caches::Caches;
 pub(crate) use caches::{CacheArena, DirectCaches};
@@ -214,6 +214,9 @@ const REFILL_PUSHES: usize = 3; // cache pushes that moved items up, not from a 
 const DRAINED: usize = 4; // items a drain took out of caches
 const OP_COUNTERS: usize = 5;
 
+/// The operation counters of several freelists in one mapping: see [`RawFreeList::in_arena`].
+pub(crate) type OpCounterArena = CounterArena<OP_COUNTERS>;
+
 /// Pushes and pops of a [`RawFreeList`], and where its items are.
 ///
 /// Exact for operations that finished before the call (with the list quiet, exact); items
@@ -249,19 +252,28 @@ impl RawFreeList {
         let cpus = rseq_sys::possible_cpus() as usize;
         let caches = Caches::new(cpus, capacity_per_cpu).ok_or(FreeListError::OutOfMemory)?;
         let locked = Caches::new(cpus, capacity_per_cpu).ok_or(FreeListError::OutOfMemory)?;
-        RawFreeList::with_caches(caches, locked, cpus, capacity_per_cpu, false)
+        RawFreeList::with_caches(
+            caches,
+            locked,
+            RawCounters::new(),
+            cpus,
+            capacity_per_cpu,
+            false,
+        )
     }
 
     /// A freelist whose caches are list `list` of `arena` (rseq) and of `locked` (threads
-    /// without rseq), both made for possible CPUs with `capacity_per_cpu` slots for that list.
-    /// With `adaptive`, each rseq cache's limit follows its use (see `adapt_limit`) instead of
-    /// staying at the capacity.
+    /// without rseq), both made for possible CPUs with `capacity_per_cpu` slots for that list,
+    /// and whose operation counters are set `list` of `counters`. With `adaptive`, each rseq
+    /// cache's limit follows its use (see `adapt_limit`) instead of staying at the capacity.
     ///
     /// # Safety
-    /// The arenas outlive the freelist, and no other freelist uses list `list` of them.
+    /// The arenas outlive the freelist, and no other freelist uses list `list` of them (or set
+    /// `list` of `counters`).
     pub(crate) unsafe fn in_arena(
         arena: &CacheArena,
         locked: &CacheArena,
+        counters: &OpCounterArena,
         list: usize,
         capacity_per_cpu: usize,
         adaptive: bool,
@@ -270,14 +282,21 @@ impl RawFreeList {
             return Err(FreeListError::BadCapacity(capacity_per_cpu));
         }
         // SAFETY: forwarded contract.
-        let (caches, locked) = unsafe { (arena.caches(list), locked.caches(list)) };
+        let (caches, locked, ops) = unsafe {
+            (
+                arena.caches(list),
+                locked.caches(list),
+                counters.counters(list),
+            )
+        };
         let cpus = rseq_sys::possible_cpus() as usize;
-        RawFreeList::with_caches(caches, locked, cpus, capacity_per_cpu, adaptive)
+        RawFreeList::with_caches(caches, locked, ops, cpus, capacity_per_cpu, adaptive)
     }
 
     fn with_caches(
         caches: Caches,
         locked: Caches,
+        ops: RawCounters<OP_COUNTERS>,
         cpus: usize,
         capacity_per_cpu: usize,
         adaptive: bool,
@@ -293,7 +312,7 @@ impl RawFreeList {
             batch,
             min_limit: if adaptive { batch } else { capacity_per_cpu },
             global,
-            ops: RawCounters::new(),
+            ops,
         })
     }
 

@@ -28,7 +28,7 @@ use super::large::Large;
 use super::lock::SpinLock;
 use super::pages::{CLASS_WORD_MASK, HOME_SHIFT, HOMED_INDICES, PageHeap};
 use super::stats::{AllocStats, ClassStats};
-use crate::freelist::{Backing, CacheArena, DirectCaches, MAX_CHAIN, RawFreeList};
+use crate::freelist::{Backing, CacheArena, DirectCaches, MAX_CHAIN, OpCounterArena, RawFreeList};
 
 /// Most blocks one class's per-CPU cache holds: enough that a burst of a thousand small
 /// allocations followed by their frees stays within the cache.
@@ -93,6 +93,9 @@ pub(crate) struct Heap {
     /// threads without rseq do not send blocks home).
     _remote_caches: CacheArena,
     _remote_locked_caches: CacheArena,
+    /// Every class's freelist operation counters, side by side (a page per class otherwise).
+    _counters: OpCounterArena,
+    _remote_counters: OpCounterArena,
     classes: [Class; CLASSES],
     /// Per homed class, blocks freed away from their home, on their way there.
     remote: [RawFreeList; HOMED_CLASSES],
@@ -188,19 +191,31 @@ impl Heap {
         let capacities = SIZES.map(|size| cache_capacity(size, cache_bytes));
         let cpus = rseq_sys::possible_cpus() as usize;
         let remote_capacities = [REMOTE_CAPACITY; HOMED_CLASSES];
-        let (Some(arena), Some(locked), Some(remote_arena), Some(remote_locked)) = (
+        let (
+            Some(arena),
+            Some(locked),
+            Some(counters),
+            Some(remote_arena),
+            Some(remote_locked),
+            Some(remote_counters),
+        ) = (
             CacheArena::new(cpus, &capacities),
             CacheArena::new(cpus, &capacities),
+            OpCounterArena::new(cpus, CLASSES),
             CacheArena::new(cpus, &remote_capacities),
             CacheArena::new(cpus, &remote_capacities),
-        ) else {
+            OpCounterArena::new(cpus, HOMED_CLASSES),
+        )
+        else {
             return false;
         };
         // Built in place, one class at a time: a `Heap` is too large to build on small stacks.
         for (c, &size) in SIZES.iter().enumerate() {
             // SAFETY: the arenas move into the heap below and are dropped with it (their
             // mappings, which the caches point into, never move); class `c` takes list `c` only.
-            let list = unsafe { RawFreeList::in_arena(&arena, &locked, c, capacities[c], true) };
+            let list = unsafe {
+                RawFreeList::in_arena(&arena, &locked, &counters, c, capacities[c], true)
+            };
             let Ok(list) = list else {
                 for done in 0..c {
                     // SAFETY: classes below `c` were written just now and are dropped once.
@@ -219,7 +234,14 @@ impl Heap {
         for c in 0..HOMED_CLASSES {
             // SAFETY: as above, for the remote arenas; list `c` of them is this buffer's only.
             let remote = unsafe {
-                RawFreeList::in_arena(&remote_arena, &remote_locked, c, REMOTE_CAPACITY, false)
+                RawFreeList::in_arena(
+                    &remote_arena,
+                    &remote_locked,
+                    &remote_counters,
+                    c,
+                    REMOTE_CAPACITY,
+                    false,
+                )
             };
             let Ok(remote) = remote else {
                 for done in 0..CLASSES {
@@ -249,6 +271,8 @@ impl Heap {
             ptr::addr_of_mut!((*at)._locked_caches).write(locked);
             ptr::addr_of_mut!((*at)._remote_caches).write(remote_arena);
             ptr::addr_of_mut!((*at)._remote_locked_caches).write(remote_locked);
+            ptr::addr_of_mut!((*at)._counters).write(counters);
+            ptr::addr_of_mut!((*at)._remote_counters).write(remote_counters);
             PageHeap::init(ptr::addr_of_mut!((*at).pages), true);
             ptr::addr_of_mut!((*at).large).write(Large::new(page_size));
             ptr::addr_of_mut!((*at).trim_lock).write(SpinLock::new());
