@@ -244,7 +244,7 @@ impl<const N: usize> CounterArena<N> {
     /// `set` is below the sets given to `new` and handed out once, and the arena outlives the
     /// returned counters.
     pub(crate) unsafe fn counters(&self, set: usize) -> RawCounters<N> {
-        assert!(set < self.sets, "counter set {set} of {}", self.sets);
+        debug_assert!(set < self.sets, "counter set {set} of {}", self.sets);
         let len = RawCounters::<N>::region_len(self.cpus);
         // SAFETY: set `set`'s region lies inside the mapping (`new` sized it for every set), is
         // zeroed until its counters add, and is the caller's alone to hand out once.
