@@ -54,15 +54,12 @@ const _: () = assert!(core::mem::align_of::<ThreadBlock>() == 16);
 pub(crate) const CPU_HINT_USES: u32 = 64;
 
 impl ThreadBlock {
-    /// See [`crate::cpu_hint`].
+    /// See [`crate::cpu_hint`]. Inline, so that a caller in another crate (the freelists'
+    /// fallback paths) pays a decrement, not a call, for a hint it already has.
+    #[inline]
     pub(crate) fn cpu_hint(&self) -> Option<u32> {
         match self.hint_uses.get() {
-            0 => {
-                let cpu = crate::sched_getcpu()?;
-                self.cpu_hint.set(cpu);
-                self.hint_uses.set(CPU_HINT_USES - 1);
-                Some(cpu)
-            }
+            0 => self.ask_cpu(),
             uses => {
                 self.hint_uses.set(uses - 1);
                 Some(self.cpu_hint.get())
@@ -70,7 +67,17 @@ impl ThreadBlock {
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn ask_cpu(&self) -> Option<u32> {
+        let cpu = crate::sched_getcpu()?;
+        self.cpu_hint.set(cpu);
+        self.hint_uses.set(CPU_HINT_USES - 1);
+        Some(cpu)
+    }
+
     /// See [`crate::forget_cpu_hint`].
+    #[inline]
     pub(crate) fn forget_cpu_hint(&self) {
         self.hint_uses.set(0);
     }
