@@ -5,7 +5,9 @@
 //! Every live block is filled with a pattern of its own; the model knows each block's layout
 //! and pattern. Every new block must be aligned, at least as usable as asked, zero when asked,
 //! and overlap no live block; every block's pattern must be intact when it is freed or
-//! reallocated (realloc keeps the common prefix). At the end everything is freed and the
+//! reallocated (realloc keeps the common prefix). A block resized by address (C's `realloc`)
+//! may keep a larger size class than its new size names, so from then on it is resized and
+//! freed by address only, as the API requires. At the end everything is freed and the
 //! statistics must balance. Any input decodes.
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -28,6 +30,11 @@ pub enum Op {
     /// Free the live block at this position knowing only its address.
     FreeByPointer(u8),
     Realloc {
+        which: u8,
+        size: usize,
+    },
+    /// Resize the live block at this position knowing only its address (C's `realloc`).
+    ReallocByPointer {
         which: u8,
         size: usize,
     },
@@ -81,7 +88,11 @@ pub fn decode(data: &[u8]) -> Input {
             6 => {
                 let which = next();
                 let size = size(next(), next());
-                Op::Realloc { which, size }
+                if tag & 0x80 != 0 {
+                    Op::ReallocByPointer { which, size }
+                } else {
+                    Op::Realloc { which, size }
+                }
             }
             _ if tag & 0x80 != 0 => Op::Trim,
             _ => Op::FreeByPointer(next()),
@@ -96,6 +107,8 @@ pub fn decode(data: &[u8]) -> Input {
 struct Live {
     layout: Layout,
     seed: u8,
+    /// Resized by address once: from then on freed and resized by address only.
+    by_address: bool,
 }
 
 struct Model<'a> {
@@ -112,7 +125,7 @@ fn byte(seed: u8, i: usize) -> u8 {
 
 impl Model<'_> {
     /// Fills the block (whole, or its ends and every 4 KiB when large) and records it.
-    fn adopt(&mut self, p: *mut u8, layout: Layout, zeroed: bool) {
+    fn adopt(&mut self, p: *mut u8, layout: Layout, zeroed: bool, by_address: bool) {
         let addr = p as usize;
         assert!(!p.is_null(), "allocation of {layout:?} failed");
         assert_eq!(
@@ -144,7 +157,14 @@ impl Model<'_> {
                 *p.add(i) = byte(seed, i);
             }
         }
-        self.live.insert(addr, Live { layout, seed });
+        self.live.insert(
+            addr,
+            Live {
+                layout,
+                seed,
+                by_address,
+            },
+        );
     }
 
     /// Checks the block's pattern in its first `len` bytes.
@@ -191,7 +211,7 @@ pub fn run(input: &Input) {
                         alloc.alloc(layout)
                     }
                 };
-                model.adopt(p, layout, zeroed);
+                model.adopt(p, layout, zeroed, false);
             }
             Op::Free(which) | Op::FreeByPointer(which) => {
                 let Some(addr) = model.nth(which) else {
@@ -202,22 +222,39 @@ pub fn run(input: &Input) {
                 // SAFETY: a live block of this allocator, freed once.
                 unsafe {
                     match op {
-                        Op::Free(_) => alloc.dealloc(addr as *mut u8, block.layout),
+                        Op::Free(_) if !block.by_address => {
+                            alloc.dealloc(addr as *mut u8, block.layout)
+                        }
                         _ => alloc.free(addr as *mut u8),
                     }
                 }
             }
-            Op::Realloc { which, size } => {
+            Op::Realloc { which, size } | Op::ReallocByPointer { which, size } => {
                 let Some(addr) = model.nth(which) else {
                     continue;
                 };
                 let block = model.live.remove(&addr).unwrap();
-                // SAFETY: a live block with its layout; the new size is small enough.
-                let p = unsafe { alloc.realloc(addr as *mut u8, block.layout, size) };
-                let layout = Layout::from_size_align(size, block.layout.align()).unwrap();
+                let by_address = block.by_address || matches!(op, Op::ReallocByPointer { .. });
+                // SAFETY: a live block, resized by address or with its layout; the new size is
+                // small enough.
+                let (p, align) = unsafe {
+                    if by_address {
+                        (alloc.realloc_unsized(addr as *mut u8, size), 16)
+                    } else {
+                        let p = alloc.realloc(addr as *mut u8, block.layout, size);
+                        (p, block.layout.align())
+                    }
+                };
+                // A block kept in place keeps its address, and so its old alignment.
+                let align = if p as usize == addr {
+                    align.max(block.layout.align())
+                } else {
+                    align
+                };
+                let layout = Layout::from_size_align(size, align).unwrap();
                 let kept = block.layout.size().min(size);
                 Model::check(p as usize, &block, kept);
-                model.adopt(p, layout, false);
+                model.adopt(p, layout, false, by_address);
             }
             Op::Trim => {
                 alloc.trim();
@@ -226,8 +263,14 @@ pub fn run(input: &Input) {
     }
     for (addr, block) in std::mem::take(&mut model.live) {
         Model::check(addr, &block, block.layout.size());
-        // SAFETY: a live block, freed once.
-        unsafe { alloc.dealloc(addr as *mut u8, block.layout) };
+        // SAFETY: a live block, freed once, by address when it was resized that way.
+        unsafe {
+            if block.by_address {
+                alloc.free(addr as *mut u8);
+            } else {
+                alloc.dealloc(addr as *mut u8, block.layout);
+            }
+        }
     }
     let stats = alloc.stats();
     assert_eq!(stats.allocs(), stats.frees(), "{stats}");
