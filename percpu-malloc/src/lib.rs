@@ -71,8 +71,19 @@ extern "C" fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     match ALLOCATOR.try_alloc_fast(size) {
         Some(block) => block.as_ptr().cast(),
-        None => allocate(size, MALLOC_ALIGN, false),
+        None => allocate_by_size(size),
     }
+}
+
+/// `malloc` past its fast attempt. `extern "C"` for the same reason as [`allocate`], and out of
+/// line so that `malloc` keeps no stack frame.
+#[inline(never)]
+extern "C" fn allocate_by_size(size: usize) -> *mut c_void {
+    let block = ALLOCATOR.alloc_by_size(size);
+    if block.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    block.cast()
 }
 
 /// # Safety

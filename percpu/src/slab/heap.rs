@@ -295,6 +295,14 @@ impl Heap {
         if let Some(block) = unsafe { self.direct.try_pop(class) } {
             return block.as_ptr();
         }
+        self.alloc_small_past_fast(class)
+    }
+
+    /// [`Self::alloc_small`] after its fast attempt (or a caller's: `try_alloc_fast`) did
+    /// nothing: through the class's freelist, which tries the cache again, refills it, or goes
+    /// past it for a thread without rseq.
+    #[inline(always)]
+    pub(crate) fn alloc_small_past_fast(&self, class: usize) -> *mut u8 {
         let below = Below {
             class: self.class(class),
             pages: &self.pages,
@@ -323,13 +331,15 @@ impl Heap {
     }
 
     /// Frees `block`, a live block of size class `class` whose slab's home is `home` (index + 1,
-    /// 0 for none): sent home when this thread runs on another index, else as
-    /// [`Self::free_small`].
+    /// 0 for none), after the fast attempt (`DirectCaches::try_push_homed`) did nothing: sent
+    /// home when this thread runs on another index, else through the class's freelist, which
+    /// tries the cache again, moves a batch down when it is full, or goes past it for a thread
+    /// without rseq. Only homed classes ask for the thread's index.
     pub(crate) fn free_homed(&self, class: usize, block: NonNull<u8>, home: u32) {
-        if let (Some(remote), Some(id)) = (
-            self.remote.get(class).filter(|_| home != 0),
-            self.class(class).list.current_index(),
-        ) && id.wrapping_add(1) != home as usize
+        if home != 0
+            && let Some(remote) = self.remote.get(class)
+            && let Some(id) = self.class(class).list.current_index()
+            && id.wrapping_add(1) != home as usize
         {
             let below = Below {
                 class: self.class(class),
@@ -339,7 +349,12 @@ impl Heap {
             let _ = remote.push_backed(block, ToHome(below));
             return;
         }
-        self.free_small(class, block);
+        let below = Below {
+            class: self.class(class),
+            pages: &self.pages,
+        };
+        // As in `free_small`.
+        let _ = below.class.list.push_backed(block, below);
     }
 
     /// The size class of `block` when it is a slab block (`None` for large blocks), and its

@@ -217,6 +217,27 @@ impl PerCpuAlloc {
         unsafe { self.heap_if_ready()?.direct.try_pop(class_of_small(size)) }
     }
 
+    /// `size` bytes aligned to 16, as C's `malloc` asks (a `size` of 0 gets the smallest
+    /// block); null when out of memory. The counterpart of [`Self::free`]: it takes no `Layout`,
+    /// and finds the size class in the same table as [`Self::try_alloc_fast`], which a C
+    /// `malloc` tries first (inline, with no stack frame) before calling this. Threads without
+    /// rseq come here for every block.
+    pub fn alloc_by_size(&self, size: usize) -> *mut u8 {
+        if let Some(block) = self.try_alloc_fast(size) {
+            return block.as_ptr();
+        }
+        let Some(heap) = self.heap() else {
+            return ptr::null_mut();
+        };
+        if size <= MAX_SMALL {
+            return heap.alloc_small_past_fast(class_of_small(size));
+        }
+        match Layout::from_size_align(size, 16) {
+            Ok(layout) => Self::alloc_large(heap, layout, false),
+            Err(_) => ptr::null_mut(),
+        }
+    }
+
     /// Frees `block` knowing only its address (as C's `free` does).
     ///
     /// # Safety

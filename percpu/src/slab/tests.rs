@@ -287,6 +287,40 @@ fn realloc_by_address_shrinks_in_place_down_to_half_its_block() {
     assert_eq!(a.stats().in_use_bytes(), 0);
 }
 
+/// `alloc_by_size` (C's `malloc`, freed by address): every size from 0 across the size classes
+/// to large blocks gets a block aligned to 16 with at least that many usable bytes, distinct
+/// from every other live block; sizes no block can have get null; everything comes back.
+#[test]
+fn alloc_by_size_serves_every_size_aligned_to_16() {
+    let a = PerCpuAlloc::new();
+    let mut sizes: Vec<usize> = (0..=1100).collect();
+    sizes.extend(SIZES.iter().flat_map(|&s| [s - 1, s, s + 1]));
+    sizes.extend([MAX_SMALL + 1, 300 << 10, 5 << 20]);
+    let mut live = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let p = a.alloc_by_size(size);
+        assert!(!p.is_null(), "size {size}");
+        assert_eq!(p as usize % 16, 0, "size {size} at {p:?}");
+        // SAFETY: a live block of this allocator.
+        assert!(unsafe { a.usable_size(p) } >= size.max(1), "size {size}");
+        // SAFETY: `size` bytes.
+        unsafe { fill(p, size, i as u8) };
+        live.push((p, size, i as u8));
+    }
+    let distinct: HashSet<usize> = live.iter().map(|&(p, _, _)| p as usize).collect();
+    assert_eq!(distinct.len(), live.len());
+    assert!(a.alloc_by_size(usize::MAX).is_null());
+    assert!(a.alloc_by_size(isize::MAX as usize - 8).is_null());
+    for (p, size, seed) in live {
+        // SAFETY: live, `size` bytes, written only above; freed by address.
+        unsafe {
+            check(p, size, seed);
+            a.free(p);
+        }
+    }
+    assert_eq!(a.stats().in_use_bytes(), 0);
+}
+
 #[test]
 fn large_realloc_remaps_without_copying_when_it_can() {
     let a = PerCpuAlloc::new();
