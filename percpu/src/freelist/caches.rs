@@ -186,27 +186,31 @@ impl DirectCaches {
     /// `list` is a list of the arena this table was made from.
     #[inline(always)]
     pub(crate) unsafe fn try_push(&self, list: usize, item: NonNull<u8>) -> bool {
+        let Some((seq, index)) = rseq_path_if_registered() else {
+            return false;
+        };
         // SAFETY: the caller's contract; `self` for both tables.
-        unsafe { self.try_push_homed(list, item, 0, self) }
+        unsafe { self.push_homed_with(seq, index, list, item, 0, self) }
     }
 
-    /// [`Self::try_push`] for an item whose home is index `home - 1` (0: none): into `away`'s
-    /// list `list` instead when this thread runs on another index.
+    /// The push for an item whose home is index `home - 1` (0: none), by a thread whose
+    /// sequences the caller has (see [`rseq_path_if_registered`]): into `away`'s list `list`
+    /// instead when this thread runs on another index. `false`, with nothing done, when the
+    /// cache is full or locked, or the attempt was aborted.
     ///
     /// # Safety
     /// `list` is a list of the arena this table was made from, and of `away`'s when `home` is
     /// not 0.
     #[inline(always)]
-    pub(crate) unsafe fn try_push_homed(
+    pub(crate) unsafe fn push_homed_with(
         &self,
+        seq: Sequences,
+        index: Index,
         list: usize,
         item: NonNull<u8>,
         home: u32,
         away: &DirectCaches,
     ) -> bool {
-        let Some((seq, index)) = rseq_path_if_registered() else {
-            return false;
-        };
         let id = seq.current().index(index);
         // Chosen before the sequence, which then aborts if the thread leaves index `id`. A
         // branch, not a select: the usual table's loads then need not wait for `id`. And one

@@ -54,6 +54,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
+use crate::mode::rseq_path_if_registered;
 use class::{CLASSES, MAX_SMALL, SIZES, class_for, class_of_small, keeps_block};
 use heap::Heap;
 use lock::SpinLock;
@@ -255,14 +256,28 @@ impl PerCpuAlloc {
         // Spelled out, with no closures: the compiler would not inline them.
         if let Some(heap) = self.heap_if_ready()
             && let Some((class, home)) = heap.class_and_home(block)
-            // SAFETY: a block with a class is a slab block, never null; every class is a list
-            // of the heap's arena, and every homed class of the remote arena.
-            && unsafe {
-                let block = NonNull::new_unchecked(block);
-                heap.direct.try_push_homed(class, block, home, &heap.remote_direct)
-            }
         {
-            return;
+            // SAFETY: a block with a class is a slab block, never null.
+            let slab_block = unsafe { NonNull::new_unchecked(block) };
+            let Some((seq, index)) = rseq_path_if_registered() else {
+                // No sequences (yet, or ever): the class is known, so the slow path need not
+                // look it up again. Decided before the sequence, so nothing has to survive it.
+                return free_small_slow(heap, class, slab_block, home);
+            };
+            // SAFETY: every class is a list of the heap's arena, and every homed class of the
+            // remote arena.
+            if unsafe {
+                heap.direct.push_homed_with(
+                    seq,
+                    index,
+                    class,
+                    slab_block,
+                    home,
+                    &heap.remote_direct,
+                )
+            } {
+                return;
+            }
         }
         // SAFETY: the caller's contract; the attempt above did nothing.
         unsafe { self.free_slow(block) }
@@ -383,6 +398,14 @@ impl core::fmt::Debug for PerCpuAlloc {
 }
 
 /// Maps and builds a heap; `None` when out of memory.
+/// [`PerCpuAlloc::free`] of a slab block by a thread without sequences (every block, for threads
+/// without rseq). `extern "C"` (it never unwinds) and out of line, so that `free` ends in a tail
+/// call with no stack frame.
+#[inline(never)]
+extern "C" fn free_small_slow(heap: &Heap, class: usize, block: NonNull<u8>, home: u32) {
+    heap.free_homed(class, block, home);
+}
+
 fn create_heap(cpu_cache_bytes: usize) -> Option<NonNull<Heap>> {
     // SAFETY: sysconf has no preconditions.
     let page_size = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
