@@ -322,6 +322,14 @@ impl Heap {
         if unsafe { self.direct.try_push(class, block) } {
             return;
         }
+        self.free_small_past_fast(class, block);
+    }
+
+    /// [`Self::free_small`] after its fast attempt did nothing (or was not made): through the
+    /// class's freelist, which tries the cache again, moves a batch down when it is full, or
+    /// goes past it for a thread without rseq.
+    #[inline(always)]
+    fn free_small_past_fast(&self, class: usize, block: NonNull<u8>) {
         let below = Below {
             class: self.class(class),
             pages: &self.pages,
@@ -331,10 +339,9 @@ impl Heap {
     }
 
     /// Frees `block`, a live block of size class `class` whose slab's home is `home` (index + 1,
-    /// 0 for none), after the fast attempt (`DirectCaches::try_push_homed`) did nothing: sent
-    /// home when this thread runs on another index, else through the class's freelist, which
-    /// tries the cache again, moves a batch down when it is full, or goes past it for a thread
-    /// without rseq. Only homed classes ask for the thread's index.
+    /// 0 for none), when `PerCpuAlloc::free`'s fast attempt (`DirectCaches::push_homed_with`)
+    /// did nothing or could not be made: sent home when this thread runs on another index, else
+    /// as [`Self::free_small_past_fast`]. Only homed classes ask for the thread's index.
     pub(crate) fn free_homed(&self, class: usize, block: NonNull<u8>, home: u32) {
         if home != 0
             && let Some(remote) = self.remote.get(class)
@@ -349,12 +356,7 @@ impl Heap {
             let _ = remote.push_backed(block, ToHome(below));
             return;
         }
-        let below = Below {
-            class: self.class(class),
-            pages: &self.pages,
-        };
-        // As in `free_small`.
-        let _ = below.class.list.push_backed(block, below);
+        self.free_small_past_fast(class, block);
     }
 
     /// The size class of `block` when it is a slab block (`None` for large blocks), and its
