@@ -5,7 +5,7 @@
 //! cases). Each must exit 0 with identical output, on the rseq path and under
 //! `PERCPU_FORCE_FALLBACK=1`; the C program also where `rseq(2)` fails (a seccomp filter).
 //! Also: the library loaded with `dlopen` into a running multi-threaded program
-//! (`tests/dlopen.c`).
+//! (`tests/dlopen.c`), and how much of its code a program keeps resident (`tests/footprint.c`).
 
 #[path = "../../rseq-sys/tests/common/mod.rs"]
 mod common;
@@ -223,6 +223,89 @@ fn the_c_stress_program_where_address_space_is_limited() {
     assert!(out.status.success(), "{}\n{stderr}", out.status);
     assert!(out.stdout == plain, "the output differs from a plain run");
     assert!(stderr.contains("class map: none"), "{stderr}");
+}
+
+/// Every process that preloads the library keeps resident each 64 KiB window of its code that
+/// runs at all (the kernel maps a file's pages around each fault, in windows aligned to 64 KiB
+/// of virtual address). `layout.ld` gathers the code a program runs through in a `.text.percpu`
+/// section at the front, so a program that takes every path keeps at most the front resident,
+/// plus what the last window reaches past it (without the script: about 80% of the code). Where
+/// LLD links the library (Rust's default on x86_64 Linux), the unwinder is linked in and
+/// `libgcc_s.so.1` is never loaded.
+#[test]
+fn a_program_keeps_only_the_front_of_the_library_s_code_resident() {
+    let binary = compile("footprint");
+    let library = library().canonicalize().unwrap();
+    let image = std::fs::read(&library).unwrap();
+    let front = code_front(&image);
+    let linked_by_lld = image.windows(12).any(|w| w == b"Linker: LLD ");
+    for env in [&[][..], &[("PERCPU_FORCE_FALLBACK", "1")][..]] {
+        let out = Command::new(&binary.0)
+            .arg(&library)
+            .env("LD_PRELOAD", &library)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{env:?}: {}", out.status);
+        let report = String::from_utf8(out.stdout).unwrap();
+        let resident: u64 = report
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("code KiB "))
+            .and_then(|rest| rest.split(" of ").next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{env:?}: unexpected report {report:?}"));
+        let bound = (front + (64 << 10) - 4096) >> 10;
+        assert!(
+            resident <= bound,
+            "{env:?}: {resident} KiB of the library's code resident, its front is {} KiB",
+            front >> 10
+        );
+        if linked_by_lld {
+            assert!(
+                !report.contains("libgcc_s"),
+                "{env:?}: libgcc_s.so.1 was loaded"
+            );
+        }
+    }
+}
+
+/// Bytes from the start of the library's executable segment (page-aligned) to its `.text`
+/// section, which `layout.ld` places after `.text.percpu` and the PLT; panics if the library has
+/// no `.text.percpu`. A 64-bit little-endian ELF file.
+fn code_front(elf: &[u8]) -> u64 {
+    let u16_at = |at: usize| u64::from(u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()));
+    let u32_at = |at: usize| u64::from(u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()));
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
+    assert_eq!(
+        &elf[..6],
+        b"\x7fELF\x02\x01",
+        "not a 64-bit little-endian ELF file"
+    );
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    // The executable PT_LOAD segment (p_type 1, p_flags has PF_X).
+    let segment = (0..phnum)
+        .map(|i| (phoff + i * phentsize) as usize)
+        .find(|&at| u32_at(at) == 1 && u32_at(at + 4) & 1 != 0)
+        .map(|at| u64_at(at + 0x10) & !4095)
+        .expect("no executable segment");
+    let section = |i: u64| (shoff + i * shentsize) as usize;
+    let names = u64_at(section(shstrndx) + 0x18) as usize;
+    let address_of = |wanted: &[u8]| {
+        (0..shnum).map(section).find_map(|at| {
+            let name = &elf[names + u32_at(at) as usize..];
+            let name = &name[..name.iter().position(|&b| b == 0)?];
+            (name == wanted).then(|| u64_at(at + 0x10))
+        })
+    };
+    let percpu = address_of(b".text.percpu").expect("no .text.percpu section: layout.ld unused");
+    let text = address_of(b".text").expect("no .text section");
+    assert!(
+        percpu < text,
+        ".text.percpu at {percpu:#x} is not ahead of .text at {text:#x}"
+    );
+    text - segment
 }
 
 /// The library keeps each thread's registration in initial-exec TLS. `dlopen` must still load
