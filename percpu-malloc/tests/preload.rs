@@ -232,6 +232,9 @@ fn the_c_stress_program_where_address_space_is_limited() {
 /// plus what the last window reaches past it (without the script: about 80% of the code). Where
 /// LLD links the library (Rust's default on x86_64 Linux), the unwinder is linked in and
 /// `libgcc_s.so.1` is never loaded.
+///
+/// The bound holds for an optimized library (`.ci/run` runs these tests with `--release`). An
+/// unoptimized one calls small functions of `core` out of line, and they lie in `.text`.
 #[test]
 fn a_program_keeps_only_the_front_of_the_library_s_code_resident() {
     let binary = compile("footprint");
@@ -256,7 +259,7 @@ fn a_program_keeps_only_the_front_of_the_library_s_code_resident() {
             .unwrap_or_else(|| panic!("{env:?}: unexpected report {report:?}"));
         let bound = (front + (64 << 10) - 4096) >> 10;
         assert!(
-            resident <= bound,
+            cfg!(debug_assertions) || resident <= bound,
             "{env:?}: {resident} KiB of the library's code resident, its front is {} KiB",
             front >> 10
         );
