@@ -1,15 +1,16 @@
 //! The global level: lock-free stacks of chains of slots, allocation-free and ABA-safe.
 //!
-//! Items (block addresses) sit in 32-byte slots, addressed by 32-bit indices, in chunks handed
-//! out from the front as first needed, so that a chunk's pages are touched only as far as its
-//! slots have been used (most levels hold a few batches). The first chunk lies in the level's
-//! header, right after the stack heads, so a level holding a batch or two touches one page in
-//! all; the others are mapped on demand. A chain is a linked run of slots (`next`); its first
-//! slot records its length and the chain below it on a stack (`next_chain`). Two stacks of
-//! chains:
+//! Items (block addresses) sit six to a 64-byte slot, slots addressed by 32-bit indices, in
+//! chunks handed out from the front as first needed, so that a chunk's pages are touched only as
+//! far as its slots have been used (most levels hold a few batches). The first chunk lies in the
+//! level's header, right after the stack heads, so a level holding a few batches touches one
+//! page in all; the others are mapped on demand. A chain is a linked run of slots (`next`); its
+//! first slot records its length and the chain below it on a stack (`next_chain`). Two stacks
+//! of chains:
 //!
-//! - `full`: batches of items, each at most [`MAX_CHAIN`] long;
-//! - `free`: slots holding nothing, ready to carry items.
+//! - `full`: batches of items, each at most [`MAX_CHAIN`] long, packed in order into their
+//!   chain's slots (item `i` in slot `i / SLOT_ITEMS`); lengths count items;
+//! - `free`: slots holding nothing, ready to carry items; lengths count slots.
 //!
 //! Each stack's head is one `AtomicU64`: the first chain's index in the low half, a tag in the
 //! high half that every successful push and pop increments. A pop that read the head, was
@@ -30,30 +31,39 @@ use crate::storage::Mapping;
 
 /// End of a chain or of a stack.
 const NIL: u32 = u32::MAX;
-const CHUNK_SHIFT: u32 = 9;
+const CHUNK_SHIFT: u32 = 8;
 const CHUNK_SLOTS: usize = 1 << CHUNK_SHIFT;
-/// Chunks of 512 slots (16 KiB of address space, a page of which is touched per 128 slots used):
-/// up to 8 M items per shard.
+/// Chunks of 256 slots (16 KiB of address space, a page of which is touched per 64 slots used):
+/// up to 4 M slots, 25 M items, per shard.
 const MAX_CHUNKS: usize = 1 << 14;
 /// Longest chain on the `full` stack: the most items one batch move carries.
 pub(crate) const MAX_CHAIN: usize = 64;
+/// Items per slot: six words and the links fill a cache line, so an item held costs 11 bytes
+/// of slot in a full batch (a slot per item cost 32).
+const SLOT_ITEMS: usize = 6;
 
-#[repr(C, align(32))]
+/// Slots that carry `items` items.
+const fn slots_for(items: u32) -> u32 {
+    items.div_ceil(SLOT_ITEMS as u32)
+}
+
+#[repr(C, align(64))]
 struct Slot {
-    /// The block this slot carries (meaningless on the `free` stack).
-    item: AtomicUsize,
+    /// The blocks this slot carries (meaningless on the `free` stack).
+    items: [AtomicUsize; SLOT_ITEMS],
     /// Next slot of the chain, or NIL.
     next: AtomicU32,
-    /// Length of the chain starting here (first slots only).
+    /// Length of the chain starting here, in items on `full` and slots on `free` (first slots
+    /// only).
     len: AtomicU32,
     /// The chain below on a stack (first slots only).
     next_chain: AtomicU32,
-    /// Items in this chain and every chain below it (first slots only): the stack's length,
+    /// Length of this chain and every chain below it (first slots only): the stack's length,
     /// read from its top without a shared counter.
     depth: AtomicU32,
 }
 
-const _: () = assert!(core::mem::size_of::<Slot>() == 32);
+const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 
 /// A Treiber stack of chains with a tagged head.
 struct ChainStack {
@@ -83,8 +93,8 @@ struct Header {
     /// slots from it on are untouched. Only grows.
     fresh: AtomicU32,
     /// Chunk 0's slots, on the stack heads' page and the pages after it: a level that never
-    /// holds more than about a hundred items touches that one page in all. Its entry in
-    /// `chunks` stays null.
+    /// holds more than about 350 items touches that one page in all. Its entry in `chunks`
+    /// stays null.
     first_chunk: [Slot; CHUNK_SLOTS],
     /// Chunks 1 and up, mapped on demand.
     chunks: [AtomicPtr<Slot>; MAX_CHUNKS],
@@ -299,21 +309,40 @@ impl Global {
     /// be had.
     pub(crate) fn push_items(&self, items: &[usize]) -> Result<(), ()> {
         debug_assert!(!items.is_empty() && items.len() <= MAX_CHAIN);
-        let first = self.take_slots(items.len() as u32).ok_or(())?;
-        let mut at = first;
-        for &item in items {
-            let slot = self.slot(at);
-            slot.item.store(item, Ordering::Relaxed);
-            at = slot.next.load(Ordering::Relaxed);
-        }
+        let first = self.take_slots(slots_for(items.len() as u32)).ok_or(())?;
+        self.write_items(first, items);
         self.push_chain(&self.h().full, first, items.len() as u32);
         Ok(())
     }
 
-    /// Reserves `k` slots for a later [`Self::fill_reserved`], so a caller can move items out of
-    /// a place they cannot go back to only once their destination is certain.
+    /// Stores `items` in order into the chain from `first`, which has room for them.
+    fn write_items(&self, first: u32, items: &[usize]) {
+        let mut at = first;
+        for group in items.chunks(SLOT_ITEMS) {
+            let slot = self.slot(at);
+            for (word, &item) in slot.items.iter().zip(group) {
+                word.store(item, Ordering::Relaxed);
+            }
+            at = slot.next.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Loads the chain from `first`'s items into `out`, as many as `out` is long.
+    fn read_items(&self, first: u32, out: &mut [usize]) {
+        let mut at = first;
+        for group in out.chunks_mut(SLOT_ITEMS) {
+            let slot = self.slot(at);
+            for (item, word) in group.iter_mut().zip(&slot.items) {
+                *item = word.load(Ordering::Relaxed);
+            }
+            at = slot.next.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Reserves slots for `k` items for a later [`Self::fill_reserved`], so a caller can move
+    /// items out of a place they cannot go back to only once their destination is certain.
     pub(crate) fn reserve(&self, k: usize) -> Option<Reserved> {
-        self.take_slots(k as u32).map(|first| Reserved {
+        self.take_slots(slots_for(k as u32)).map(|first| Reserved {
             first,
             len: k as u32,
         })
@@ -324,21 +353,17 @@ impl Global {
     pub(crate) fn fill_reserved(&self, reserved: Reserved, items: &[usize]) {
         let used = items.len() as u32;
         debug_assert!(used <= reserved.len);
+        let (slots, used_slots) = (slots_for(reserved.len), slots_for(used));
         if used == 0 {
-            return self.push_chain(&self.h().free, reserved.first, reserved.len);
+            return self.push_chain(&self.h().free, reserved.first, slots);
         }
-        let tail = self.walk(reserved.first, used - 1);
-        if used < reserved.len {
+        let tail = self.walk(reserved.first, used_slots - 1);
+        if used_slots < slots {
             let rest = self.slot(tail).next.load(Ordering::Relaxed);
             self.slot(tail).next.store(NIL, Ordering::Relaxed);
-            self.push_chain(&self.h().free, rest, reserved.len - used);
+            self.push_chain(&self.h().free, rest, slots - used_slots);
         }
-        let mut at = reserved.first;
-        for &item in items {
-            let slot = self.slot(at);
-            slot.item.store(item, Ordering::Relaxed);
-            at = slot.next.load(Ordering::Relaxed);
-        }
+        self.write_items(reserved.first, items);
         self.push_chain(&self.h().full, reserved.first, used);
     }
 
@@ -348,26 +373,29 @@ impl Global {
     pub(crate) fn take_batch(&self, out: &mut [usize]) -> Option<(usize, Reserved)> {
         debug_assert!(out.len() >= MAX_CHAIN);
         let (first, len) = self.pop_chain(&self.h().full)?;
-        let mut at = first;
-        for item in &mut out[..len as usize] {
-            let slot = self.slot(at);
-            *item = slot.item.load(Ordering::Relaxed);
-            at = slot.next.load(Ordering::Relaxed);
-        }
+        self.read_items(first, &mut out[..len as usize]);
         Some((len as usize, Reserved { first, len }))
     }
 
-    /// Pops one item (the first of the top batch; the rest of the batch goes back).
+    /// Pops one item (the last of the top batch; the rest of the batch goes back).
     pub(crate) fn pop_one(&self) -> Option<usize> {
         let (first, len) = self.pop_chain(&self.h().full)?;
-        let slot = self.slot(first);
-        let item = slot.item.load(Ordering::Relaxed);
-        if len > 1 {
-            let rest = slot.next.load(Ordering::Relaxed);
-            self.push_chain(&self.h().full, rest, len - 1);
+        let last = len - 1;
+        let slot_index = last / SLOT_ITEMS as u32;
+        let slot = self.walk(first, slot_index);
+        let item = self.slot(slot).items[last as usize % SLOT_ITEMS].load(Ordering::Relaxed);
+        if last % SLOT_ITEMS as u32 == 0 {
+            // The item was its slot's only one: the chain ends before it, and the slot (whose
+            // `next` is NIL, as the chain's last) goes to the free stack.
+            if slot_index > 0 {
+                let before = self.walk(first, slot_index - 1);
+                self.slot(before).next.store(NIL, Ordering::Relaxed);
+            }
+            self.push_chain(&self.h().free, slot, 1);
         }
-        slot.next.store(NIL, Ordering::Relaxed);
-        self.push_chain(&self.h().free, first, 1);
+        if last > 0 {
+            self.push_chain(&self.h().full, first, last);
+        }
         Some(item)
     }
 }
@@ -377,6 +405,7 @@ impl Global {
 #[derive(Debug)]
 pub(crate) struct Reserved {
     first: u32,
+    /// Items the slots have room for.
     len: u32,
 }
 
@@ -531,10 +560,11 @@ mod tests {
         let mut out = [0usize; MAX_CHAIN];
         assert_eq!(pop_batch(&g, &mut out), MAX_CHAIN);
         g.push_items(&items).unwrap();
-        assert_eq!(g.h().fresh.load(Ordering::Relaxed), MAX_CHAIN as u32);
-        // Enough items for every slot of the first chunk: each of its pages in use, and no
-        // chunk mapped.
-        for _ in 1..CHUNK_SLOTS / MAX_CHAIN {
+        let batch_slots = slots_for(MAX_CHAIN as u32);
+        assert_eq!(g.h().fresh.load(Ordering::Relaxed), batch_slots);
+        // Enough items for (nearly) every slot of the first chunk: each of its pages in use, and
+        // no chunk mapped.
+        for _ in 1..CHUNK_SLOTS / batch_slots as usize {
             g.push_items(&items).unwrap();
         }
         let pages = before_table.div_ceil(4096);
@@ -576,7 +606,7 @@ mod tests {
         g.push_items(&[1, 2, 3]).unwrap();
         g.push_items(&[4, 5]).unwrap();
         assert_eq!(g.len(), 5);
-        assert_eq!(g.pop_one(), Some(4));
+        assert_eq!(g.pop_one(), Some(5));
         assert_eq!(g.len(), 4);
         let mut out = [0usize; MAX_CHAIN];
         assert_eq!(pop_batch(&g, &mut out), 1);
@@ -589,10 +619,28 @@ mod tests {
     fn pop_one_splits_a_batch() {
         let g = Global::new().unwrap();
         g.push_items(&[10, 11, 12]).unwrap();
-        assert_eq!(g.pop_one(), Some(10));
-        assert_eq!(g.pop_one(), Some(11));
         assert_eq!(g.pop_one(), Some(12));
+        assert_eq!(g.pop_one(), Some(11));
+        assert_eq!(g.pop_one(), Some(10));
         assert_eq!(g.pop_one(), None);
+    }
+
+    /// A batch over several slots, popped one item at a time, gives every item back and each
+    /// slot as it empties: pushed again, it needs no fresh slot.
+    #[test]
+    fn pop_one_frees_each_slot_as_it_empties() {
+        let g = Global::new().unwrap();
+        let items: Vec<usize> = (1..=2 * SLOT_ITEMS + 1).collect();
+        g.push_items(&items).unwrap();
+        let fresh = g.h().fresh.load(Ordering::Relaxed);
+        assert_eq!(fresh, 3);
+        for (popped, &item) in items.iter().rev().enumerate() {
+            assert_eq!(g.pop_one(), Some(item));
+            assert_eq!(g.len(), items.len() - popped - 1);
+        }
+        assert_eq!(g.pop_one(), None);
+        g.push_items(&items).unwrap();
+        assert_eq!(g.h().fresh.load(Ordering::Relaxed), fresh);
     }
 
     #[test]
@@ -612,11 +660,35 @@ mod tests {
         assert_eq!(pop_batch(&g, &mut out), 0);
     }
 
+    /// A reservation gives back the slots its items do not need, and those slots serve the
+    /// next push.
+    #[test]
+    fn unused_reserved_slots_go_back_to_the_free_stack() {
+        let g = Global::new().unwrap();
+        let r = g.reserve(4 * SLOT_ITEMS).unwrap();
+        assert_eq!(g.h().fresh.load(Ordering::Relaxed), 4);
+        let filled: Vec<usize> = (1..=SLOT_ITEMS + 1).collect();
+        g.fill_reserved(r, &filled);
+        let pushed: Vec<usize> = (100..100 + 2 * SLOT_ITEMS).collect();
+        g.push_items(&pushed).unwrap();
+        assert_eq!(
+            g.h().fresh.load(Ordering::Relaxed),
+            4,
+            "the two unused slots served"
+        );
+        let mut out = [0usize; MAX_CHAIN];
+        assert_eq!(pop_batch(&g, &mut out), pushed.len());
+        assert_eq!(&out[..pushed.len()], &pushed[..]);
+        assert_eq!(pop_batch(&g, &mut out), filled.len());
+        assert_eq!(&out[..filled.len()], &filled[..]);
+        assert_eq!(pop_batch(&g, &mut out), 0);
+    }
+
     #[test]
     fn slots_are_recycled_across_many_cycles_and_chunks() {
         let g = Global::new().unwrap();
         // More items than one chunk holds, then back: slots must be reused, not leaked.
-        let items: Vec<usize> = (1..=3 * CHUNK_SLOTS).collect();
+        let items: Vec<usize> = (1..=3 * CHUNK_SLOTS * SLOT_ITEMS).collect();
         for round in 0..3 {
             for batch in items.chunks(MAX_CHAIN) {
                 g.push_items(batch).unwrap();
@@ -639,9 +711,12 @@ mod tests {
             .iter()
             .filter(|c| !c.load(Ordering::Relaxed).is_null())
             .count();
+        let slots = items.len().div_ceil(MAX_CHAIN) * slots_for(MAX_CHAIN as u32) as usize;
         assert_eq!(
-            mapped, 2,
-            "three chunks cover 3 × 512 items (the header's and two mapped); later rounds reuse them"
+            mapped,
+            slots.div_ceil(CHUNK_SLOTS) - 1,
+            "the chunks that one round's {slots} slots need (the header's and the mapped ones); \
+             later rounds reuse them"
         );
     }
 }
