@@ -188,6 +188,8 @@ pub fn install_sigusr1_handler() {
 /// Sends SIGUSR1 to registered threads continuously until dropped.
 pub struct SignalStorm {
     tids: Arc<Vec<AtomicI32>>,
+    /// Passes the storm has made over `tids`.
+    passes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<u64>>,
 }
@@ -198,8 +200,9 @@ impl SignalStorm {
         install_sigusr1_handler();
         let tids: Arc<Vec<AtomicI32>> = Arc::new((0..slots).map(|_| AtomicI32::new(0)).collect());
         let stop = Arc::new(AtomicBool::new(false));
+        let passes = Arc::new(AtomicU64::new(0));
         let thread = {
-            let (tids, stop) = (tids.clone(), stop.clone());
+            let (tids, stop, passes) = (tids.clone(), stop.clone(), passes.clone());
             std::thread::spawn(move || {
                 // SAFETY: getpid has no preconditions.
                 let pid = unsafe { libc::getpid() };
@@ -216,6 +219,7 @@ impl SignalStorm {
                             unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
                         sent += u64::from(rc == 0);
                     }
+                    passes.fetch_add(1, Ordering::Release);
                     std::thread::sleep(std::time::Duration::from_micros(50));
                 }
                 sent
@@ -223,13 +227,14 @@ impl SignalStorm {
         };
         SignalStorm {
             tids,
+            passes,
             stop,
             thread: Some(thread),
         }
     }
 
     pub fn handle(&self) -> SignalStormHandle {
-        SignalStormHandle(self.tids.clone())
+        SignalStormHandle(self.tids.clone(), self.passes.clone())
     }
 
     /// Stops the storm; returns how many signals were sent.
@@ -241,12 +246,22 @@ impl SignalStorm {
 
 /// What a worker thread needs to enlist itself.
 #[derive(Clone)]
-pub struct SignalStormHandle(Arc<Vec<AtomicI32>>);
+pub struct SignalStormHandle(Arc<Vec<AtomicI32>>, Arc<AtomicU64>);
 
 impl SignalStormHandle {
+    /// Enlists the calling thread, and returns once the storm has made a whole pass since, so
+    /// the storm is known to run while the thread works (where a scheduler starves the storm's
+    /// thread, as in a small VM, short workers could otherwise finish before its first pass).
+    /// Gives up waiting after 10 s; the storm's count then tells.
     pub fn enlist(&self, slot: usize) {
         // SAFETY: gettid has no preconditions.
         self.0[slot].store(unsafe { libc::gettid() }, Ordering::Relaxed);
+        // A pass that started before the store may have missed it: wait for two.
+        let start = self.1.load(Ordering::Acquire);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.1.load(Ordering::Acquire) < start + 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
     }
     pub fn leave(&self, slot: usize) {
         self.0[slot].store(0, Ordering::Relaxed);
