@@ -1,5 +1,9 @@
 //! Large blocks (beyond the size classes): a mapping each, at page granularity, with a bounded
 //! cache of freed mappings so that repeated large allocations do not call the kernel every time.
+//! The cache keeps its mappings resident, so it holds no more bytes than the most large blocks
+//! ever in use at once (beyond a floor), evicting the oldest first: a program that allocates a
+//! batch of large blocks, frees them and allocates them again finds them all cached, while one
+//! whose large blocks keep growing (each freed for a larger one) keeps only the latest.
 //!
 //! A large block's mapping starts one page before the block; the last 16 bytes of that page
 //! record the mapping (its start and length), so a pointer alone finds its size, `realloc` can
@@ -16,6 +20,17 @@ const CACHE_ENTRIES: usize = 32;
 /// At most this many bytes are kept in the cache, and no single mapping above this.
 const CACHE_BYTES: usize = 64 << 20;
 const CACHE_SPAN: usize = 16 << 20;
+/// The cache may hold as many bytes as the most large blocks in use at once, and at least this
+/// many.
+const CACHE_FLOOR: usize = 4 << 20;
+
+/// A cached mapping; `len` 0 marks a free entry. Written under the lock.
+struct Cached {
+    base: AtomicUsize,
+    len: AtomicUsize,
+    /// When it was cached (a count of mappings cached): eviction takes the oldest first.
+    stamp: AtomicUsize,
+}
 
 #[repr(C)]
 struct Header {
@@ -35,10 +50,13 @@ pub(crate) struct LargeBlock {
 pub(crate) struct Large {
     /// Also taken around `fork` (see `Heap::lock_for_fork`).
     pub(super) lock: SpinLock,
-    /// `(base, len)` of cached mappings; len 0 marks a free entry (under the lock).
-    cache: [(AtomicUsize, AtomicUsize); CACHE_ENTRIES],
+    cache: [Cached; CACHE_ENTRIES],
+    /// Mappings cached so far (the next stamp).
+    cached_count: AtomicUsize,
     cached_bytes: AtomicUsize,
     in_use_bytes: AtomicUsize,
+    /// The most bytes of large blocks in use at once (since the last trim).
+    peak_in_use_bytes: AtomicUsize,
     allocs: AtomicUsize,
     frees: AtomicUsize,
     page_size: usize,
@@ -48,9 +66,17 @@ impl Large {
     pub(crate) fn new(page_size: usize) -> Large {
         Large {
             lock: SpinLock::new(),
-            cache: [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; CACHE_ENTRIES],
+            cache: [const {
+                Cached {
+                    base: AtomicUsize::new(0),
+                    len: AtomicUsize::new(0),
+                    stamp: AtomicUsize::new(0),
+                }
+            }; CACHE_ENTRIES],
+            cached_count: AtomicUsize::new(0),
             cached_bytes: AtomicUsize::new(0),
             in_use_bytes: AtomicUsize::new(0),
+            peak_in_use_bytes: AtomicUsize::new(0),
             allocs: AtomicUsize::new(0),
             frees: AtomicUsize::new(0),
             page_size,
@@ -107,7 +133,11 @@ impl Large {
         let block = base + self.page_size;
         // SAFETY: the header's 16 bytes end at the block, inside the mapping's first page.
         unsafe { ptr::write((block - HEADER) as *mut Header, Header { base, len }) };
-        self.in_use_bytes.fetch_add(len, Ordering::Relaxed);
+        let in_use = self.in_use_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        // A budget, not an account: a racing store may lower it a little, and no RMW is paid.
+        if in_use > self.peak_in_use_bytes.load(Ordering::Relaxed) {
+            self.peak_in_use_bytes.store(in_use, Ordering::Relaxed);
+        }
         block as *mut u8
     }
 
@@ -174,38 +204,82 @@ impl Large {
         let (_, entry) = self
             .cache
             .iter()
-            .map(|e| (e.1.load(Ordering::Relaxed), e))
+            .map(|e| (e.len.load(Ordering::Relaxed), e))
             .filter(|&(l, _)| l >= len && l <= limit)
             .min_by_key(|&(l, _)| l)?;
-        let base = entry.0.load(Ordering::Relaxed);
-        let len = entry.1.swap(0, Ordering::Relaxed);
+        let base = entry.base.load(Ordering::Relaxed);
+        let len = entry.len.swap(0, Ordering::Relaxed);
         self.cached_bytes.fetch_sub(len, Ordering::Relaxed);
         Some((base, len))
     }
 
+    /// Caches the freed mapping `[base, base + len)` within the budget (the most large blocks in
+    /// use at once, at least [`CACHE_FLOOR`], at most [`CACHE_BYTES`]), unmapping the oldest
+    /// cached mappings to make room; `false` when it does not fit at all (the caller unmaps it).
     fn put_cached(&self, base: usize, len: usize) -> bool {
-        let _guard = self.lock.lock();
-        if self.cached_bytes.load(Ordering::Relaxed) + len > CACHE_BYTES {
+        let budget = self
+            .peak_in_use_bytes
+            .load(Ordering::Relaxed)
+            .clamp(CACHE_FLOOR, CACHE_BYTES);
+        if len > budget {
             return false;
         }
-        let Some(entry) = self.cache.iter().find(|e| e.1.load(Ordering::Relaxed) == 0) else {
-            return false;
+        // Unmapped once the lock is released: other threads' large paths need not wait on it.
+        let mut evicted = [(0usize, 0usize); 4];
+        let mut count = 0;
+        let kept = {
+            let _guard = self.lock.lock();
+            loop {
+                let fits = self.cached_bytes.load(Ordering::Relaxed) + len <= budget;
+                let free = self
+                    .cache
+                    .iter()
+                    .find(|e| e.len.load(Ordering::Relaxed) == 0);
+                if let (true, Some(entry)) = (fits, free) {
+                    entry.base.store(base, Ordering::Relaxed);
+                    entry.len.store(len, Ordering::Relaxed);
+                    let stamp = self.cached_count.fetch_add(1, Ordering::Relaxed);
+                    entry.stamp.store(stamp, Ordering::Relaxed);
+                    self.cached_bytes.fetch_add(len, Ordering::Relaxed);
+                    break true;
+                }
+                // Ends: each turn empties an entry, and with every entry empty the mapping fits
+                // (it is within the budget). Evictions beyond a handful leave the mapping out.
+                let oldest = self
+                    .cache
+                    .iter()
+                    .filter(|e| e.len.load(Ordering::Relaxed) != 0)
+                    .min_by_key(|e| e.stamp.load(Ordering::Relaxed));
+                let (Some(oldest), true) = (oldest, count < evicted.len()) else {
+                    break false;
+                };
+                let old_len = oldest.len.swap(0, Ordering::Relaxed);
+                evicted[count] = (oldest.base.load(Ordering::Relaxed), old_len);
+                count += 1;
+                self.cached_bytes.fetch_sub(old_len, Ordering::Relaxed);
+            }
         };
-        entry.0.store(base, Ordering::Relaxed);
-        entry.1.store(len, Ordering::Relaxed);
-        self.cached_bytes.fetch_add(len, Ordering::Relaxed);
-        true
+        for &(old_base, old_len) in &evicted[..count] {
+            // SAFETY: an evicted mapping is no block's and no longer in the cache.
+            unsafe { libc::munmap(old_base as *mut libc::c_void, old_len) };
+        }
+        kept
     }
 
-    /// Unmaps every cached mapping: the bytes released.
+    /// Unmaps every cached mapping: the bytes released. The budget starts again from the
+    /// blocks in use.
     pub(crate) fn release_cached(&self) -> usize {
         let _guard = self.lock.lock();
+        self.peak_in_use_bytes
+            .store(self.in_use_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
         let mut released = 0;
         for entry in &self.cache {
-            let len = entry.1.swap(0, Ordering::Relaxed);
+            let len = entry.len.swap(0, Ordering::Relaxed);
             if len > 0 {
                 // SAFETY: a cached mapping is no block's; unmapping it loses nothing.
-                unsafe { libc::munmap(entry.0.load(Ordering::Relaxed) as *mut libc::c_void, len) };
+                unsafe {
+                    libc::munmap(entry.base.load(Ordering::Relaxed) as *mut libc::c_void, len)
+                };
                 released += len;
             }
         }

@@ -344,6 +344,48 @@ fn large_realloc_remaps_without_copying_when_it_can() {
     unsafe { a.dealloc(r, layout(64 << 20, 8)) };
 }
 
+/// Freed large mappings stay resident while cached, so the cache holds no more than the most
+/// large blocks in use at once (4 MiB when fewer), keeping the most recently freed. Blocks that
+/// keep growing, each freed for the next (1 to 6 MiB), leave only the last cached, and the next
+/// allocation of its size gets it back; a batch of blocks freed together stays cached whole.
+#[test]
+fn the_large_cache_holds_no_more_than_the_most_large_blocks_in_use() {
+    let a = PerCpuAlloc::new();
+    let mut last = (ptr::null_mut(), 0);
+    for mib in 1..=6 {
+        let l = layout(mib << 20, 16);
+        // SAFETY: a valid layout.
+        let p = unsafe { a.alloc(l) };
+        assert!(!p.is_null());
+        let mapping = a.stats().large_in_use_bytes;
+        // SAFETY: allocated above with `l`.
+        unsafe { a.dealloc(p, l) };
+        last = (p, mapping);
+    }
+    assert_eq!(
+        a.stats().large_cached_bytes,
+        last.1,
+        "only the last (6 MiB) mapping fits a budget of the 6 MiB ever in use at once"
+    );
+    let l = layout(6 << 20, 16);
+    // SAFETY: a valid layout.
+    let again = unsafe { a.alloc(l) };
+    assert_eq!(again, last.0, "the mapping freed last is the one kept");
+    // SAFETY: allocated above with `l`.
+    unsafe { a.dealloc(again, l) };
+
+    // Three 3 MiB blocks in use at once: 9 MiB of budget, all three stay cached.
+    let l = layout(3 << 20, 16);
+    // SAFETY: a valid layout.
+    let batch: Vec<*mut u8> = (0..3).map(|_| unsafe { a.alloc(l) }).collect();
+    let in_use = a.stats().large_in_use_bytes;
+    for &p in &batch {
+        // SAFETY: allocated above with `l`, freed once.
+        unsafe { a.dealloc(p, l) };
+    }
+    assert_eq!(a.stats().large_cached_bytes, in_use);
+}
+
 #[test]
 fn zeroed_memory_is_zero_even_when_reused() {
     let a = PerCpuAlloc::new();
