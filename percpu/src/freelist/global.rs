@@ -382,13 +382,14 @@ impl Global {
         let (first, len) = self.pop_chain(&self.h().full)?;
         let last = len - 1;
         let slot_index = last / SLOT_ITEMS as u32;
-        let slot = self.walk(first, slot_index);
+        // The slot before the last one too, in one walk: it ends the chain if the last empties.
+        let before = (slot_index > 0).then(|| self.walk(first, slot_index - 1));
+        let slot = before.map_or(first, |b| self.slot(b).next.load(Ordering::Relaxed));
         let item = self.slot(slot).items[last as usize % SLOT_ITEMS].load(Ordering::Relaxed);
         if last % SLOT_ITEMS as u32 == 0 {
             // The item was its slot's only one: the chain ends before it, and the slot (whose
             // `next` is NIL, as the chain's last) goes to the free stack.
-            if slot_index > 0 {
-                let before = self.walk(first, slot_index - 1);
+            if let Some(before) = before {
                 self.slot(before).next.store(NIL, Ordering::Relaxed);
             }
             self.push_chain(&self.h().free, slot, 1);
