@@ -135,6 +135,9 @@ pub fn errno_name(errno: i32) -> &'static str {
 #[derive(Clone, Copy)]
 pub struct Current {
     area: NonNull<Rseq>,
+    /// The field of `area` that [`Self::best_index`] names, kept so fast paths need not add its
+    /// offset (nor load it).
+    best_field: NonNull<u32>,
     kernel_size: u32,
     /// `Index::best(kernel_size)`, kept so fast paths need not recompute it.
     best: crate::Index,
@@ -153,6 +156,21 @@ impl fmt::Debug for Current {
 }
 
 impl Current {
+    /// A registration of `area`, whose kernel fills `kernel_size` bytes.
+    fn new(area: NonNull<Rseq>, kernel_size: u32, owner: Owner) -> Current {
+        let best = crate::Index::best(kernel_size);
+        // SAFETY: the offset of a u32 field inside the area.
+        let best_field = unsafe { area.cast::<u8>().add(best.field_offset()).cast() };
+        Current {
+            area,
+            best_field,
+            kernel_size,
+            best,
+            owner,
+            _not_send: PhantomData,
+        }
+    }
+
     /// The registered area.
     #[inline]
     pub fn area(self) -> NonNull<Rseq> {
@@ -225,7 +243,27 @@ impl Current {
     /// have checked `kernel_size >= 28` (see [`crate::Index::best`]).
     #[inline]
     pub fn index(self, kind: crate::Index) -> u32 {
-        self.read_field(kind.field_offset())
+        // SAFETY: as in `read_field`, for the field `index_field` points at.
+        unsafe { AtomicU32::from_ptr(self.index_field(kind).cast_mut()) }.load(Ordering::Relaxed)
+    }
+
+    /// The address of the index field `kind` names. For the best index, the one the block
+    /// keeps: a caller that passes [`Self::best_index`] (as fast paths do) then reads no offset
+    /// at all, the comparison folding away.
+    #[inline(always)]
+    pub(crate) fn index_field(self, kind: crate::Index) -> *const u32 {
+        if kind == self.best {
+            self.best_field.as_ptr()
+        } else {
+            // SAFETY: the offset of a u32 field inside the area.
+            unsafe {
+                self.area
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(kind.field_offset())
+                    .cast()
+            }
+        }
     }
 
     /// The commit sequences, or `None` on architectures without them.
@@ -295,6 +333,8 @@ impl Current {
     fn from_block(area: NonNull<Rseq>, t: thread_block::Snapshot) -> Current {
         Current {
             area,
+            // SAFETY: the block's best field is non-null while its area is (`ThreadBlock::set`).
+            best_field: unsafe { NonNull::new_unchecked(t.best_field.cast_mut()) },
             kernel_size: t.kernel_size,
             best: t.best(),
             owner: t.owner(),
@@ -314,6 +354,7 @@ fn current_slow(t: &ThreadBlock) -> Option<Current> {
         Ok(current) => {
             t.set(
                 current.area.as_ptr(),
+                current.best_field.as_ptr(),
                 current.kernel_size,
                 current.best,
                 current.owner,
@@ -329,7 +370,15 @@ fn current_slow(t: &ThreadBlock) -> Option<Current> {
 
 /// Marks the current thread as having no rseq, for `why`.
 fn set_unavailable(why: Unavailable) {
-    thread_block::with(|t| t.set(ptr::null_mut(), 0, crate::Index::CpuId, Owner::None));
+    thread_block::with(|t| {
+        t.set(
+            ptr::null_mut(),
+            ptr::null(),
+            0,
+            crate::Index::CpuId,
+            Owner::None,
+        )
+    });
     NOT_REGISTERED.set(NotRegistered::Unavailable(why));
 }
 
@@ -453,13 +502,7 @@ fn glibc_area(process: ProcessInfo) -> Result<Current, Unavailable> {
         20 | 32 => process.feature_size.min(abi::ORIG_RSEQ_LEN as u32),
         size => size,
     };
-    let current = Current {
-        area,
-        kernel_size,
-        best: crate::Index::best(kernel_size),
-        owner: Owner::Glibc,
-        _not_send: PhantomData,
-    };
+    let current = Current::new(area, kernel_size, Owner::Glibc);
     if (current.read_field(abi::CPU_ID_OFFSET) as i32) < 0 {
         return Err(Unavailable::GlibcAreaNotRegistered);
     }
@@ -493,14 +536,9 @@ fn register_own_area(process: ProcessInfo) -> Result<Current, Unavailable> {
     if rc != 0 {
         return Err(Unavailable::Errno(errno()));
     }
-    let current = Current {
-        // SAFETY: a thread-local's address is never null.
-        area: unsafe { NonNull::new_unchecked(area) },
-        kernel_size: process.feature_size,
-        best: crate::Index::best(process.feature_size),
-        owner: Owner::Own,
-        _not_send: PhantomData,
-    };
+    // SAFETY: a thread-local's address is never null.
+    let area = unsafe { NonNull::new_unchecked(area) };
+    let current = Current::new(area, process.feature_size, Owner::Own);
     if (current.read_field(abi::CPU_ID_OFFSET) as i32) < 0 {
         // "Success" without effect: leave no half-registration behind. The result is ignored
         // because there is nothing better to do if this fails too.

@@ -142,8 +142,7 @@ impl Sequences {
 
     #[inline(always)]
     fn field(self, index: Index) -> *const u32 {
-        // SAFETY: the offset is that of a u32 field inside the registered area.
-        unsafe { self.area().cast::<u8>().add(index.field_offset()).cast() }
+        self.current.index_field(index)
     }
 
     /// `*slot += value` on the current index.

@@ -33,6 +33,9 @@ use crate::registration::Owner;
 pub(crate) struct ThreadBlock {
     /// The registered area; null while the thread has none.
     area: Cell<*mut Rseq>,
+    /// The area's field that `best` names (null while unregistered): the fast paths read the
+    /// index there and compare it in their sequences, with no offset to load or add.
+    best_field: Cell<*const u32>,
     /// Bytes of `struct rseq` the kernel fills (0 while unregistered).
     kernel_size: Cell<u32>,
     /// `Index as u8` (the field offset), valid while `area` is non-null.
@@ -46,7 +49,8 @@ pub(crate) struct ThreadBlock {
     hint_uses: Cell<u32>,
 }
 
-// The assembly reserves 32 bytes aligned to 16 (the fast path reads the first 16).
+// The assembly reserves 32 bytes aligned to 16 (the fast path reads the first 16: the area and
+// its best field).
 const _: () = assert!(core::mem::size_of::<ThreadBlock>() == 32);
 const _: () = assert!(core::mem::align_of::<ThreadBlock>() == 16);
 
@@ -82,8 +86,18 @@ impl ThreadBlock {
         self.hint_uses.set(0);
     }
 
-    /// Publishes a registration (the area last, so a non-null area implies the rest).
-    pub(crate) fn set(&self, area: *mut Rseq, kernel_size: u32, best: crate::Index, owner: Owner) {
+    /// Publishes a registration (the area last, so a non-null area implies the rest), whose
+    /// field `best` names is at `best_field`.
+    pub(crate) fn set(
+        &self,
+        area: *mut Rseq,
+        best_field: *const u32,
+        kernel_size: u32,
+        best: crate::Index,
+        owner: Owner,
+    ) {
+        debug_assert!(area.is_null() || best_field as usize == area as usize + best.field_offset());
+        self.best_field.set(best_field);
         self.kernel_size.set(kernel_size);
         self.best.set(best as u8);
         self.owner.set(owner as u8);
@@ -103,6 +117,7 @@ impl ThreadBlock {
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             area: self.area.get(),
+            best_field: self.best_field.get(),
             kernel_size: self.kernel_size.get(),
             best: self.best.get(),
             owner: self.owner.get(),
@@ -115,6 +130,8 @@ impl ThreadBlock {
 pub(crate) struct Snapshot {
     /// The registered area; null while the thread has none.
     pub(crate) area: *mut Rseq,
+    /// The area's field that `best` names; non-null while `area` is.
+    pub(crate) best_field: *const u32,
     pub(crate) kernel_size: u32,
     best: u8,
     owner: u8,
@@ -252,29 +269,42 @@ mod in_assembly {
         };
     }
 
-    /// This thread's registration: the block's two words, loaded relative to %fs.
+    /// This thread's registration: the block's three words, loaded relative to %fs.
+    ///
+    /// In two blocks, each `pure`: a fast path uses only the first two words (the area and its
+    /// best field), and the compiler drops the block that loads the third when nothing reads
+    /// it.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(crate) fn read() -> super::Snapshot {
-        let (area, rest): (usize, u64);
+        let (area, best_field, rest): (usize, usize, u64);
         // SAFETY: finds the block's offset from the thread pointer (see
-        // `asm_with_block_offset`), then loads the block's two words through %fs, whose base is
-        // the thread pointer. Reads only memory, and nothing it reads changes unless this thread
+        // `asm_with_block_offset`), then loads the block's words through %fs, whose base is the
+        // thread pointer. Reads only memory, and nothing it reads changes unless this thread
         // writes the block (which the compiler sees): `pure` and `readonly`. The first call in a
         // thread of an object in dynamic TLS makes the loader allocate the object's block, which
         // no Rust code can observe.
         unsafe {
             asm_with_block_offset!(
                 "movq %fs:(%rax), {area}",
-                "movq %fs:8(%rax), {rest}";
+                "movq %fs:8(%rax), {best_field}";
                 area = out(reg) area,
+                best_field = out(reg) best_field,
+                out("rax") _,
+            );
+        }
+        // SAFETY: as above, for the third word.
+        unsafe {
+            asm_with_block_offset!(
+                "movq %fs:16(%rax), {rest}";
                 rest = out(reg) rest,
                 out("rax") _,
             );
         }
-        // The second word, little-endian: kernel_size, best, owner (see `ThreadBlock`).
+        // The third word, little-endian: kernel_size, best, owner (see `ThreadBlock`).
         super::Snapshot {
             area: area as *mut super::Rseq,
+            best_field: best_field as *const u32,
             kernel_size: rest as u32,
             best: (rest >> 32) as u8,
             owner: (rest >> 40) as u8,
@@ -354,6 +384,7 @@ fn block() -> *mut ThreadBlock {
         static BLOCK: ThreadBlock = const {
             ThreadBlock {
                 area: Cell::new(core::ptr::null_mut()),
+                best_field: Cell::new(core::ptr::null()),
                 kernel_size: Cell::new(0),
                 best: Cell::new(0),
                 owner: Cell::new(0),
@@ -381,7 +412,8 @@ mod tests {
                 super::with(|b| (core::ptr::from_ref(b) as usize, b.area.get() as usize));
             // What the fast path reads is what the block holds, field by field.
             let (read, held) = (super::read(), super::with(super::ThreadBlock::snapshot));
-            let fields = |s: super::Snapshot| (s.area, s.kernel_size, s.best, s.owner);
+            let fields =
+                |s: super::Snapshot| (s.area, s.best_field, s.kernel_size, s.best, s.owner);
             // No thread exits (freeing its TLS for reuse) before all have looked; the checks
             // come after, so a failing one cannot leave the others waiting.
             all_alive.wait();
@@ -395,6 +427,11 @@ mod tests {
                 assert_eq!(read.best(), current.best_index());
                 assert_eq!(read.owner(), current.owner());
                 assert_ne!(read.kernel_size, 0);
+                assert_eq!(
+                    read.best_field as usize,
+                    read.area as usize + current.best_index().field_offset(),
+                    "the best field is the area's field the best index names"
+                );
             }
             if let (Some(current), Some(tp)) = (current, crate::arch::thread_pointer())
                 && current.owner() == crate::Owner::Glibc
