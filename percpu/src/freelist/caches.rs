@@ -1,15 +1,16 @@
 //! Where the per-CPU caches of freelists live.
 //!
-//! Each CPU gets one region of `1 << shift` bytes, so finding CPU `id`'s cache is a shift and an
-//! add, with no multiply on the fast path. A region holds the caches of one or more freelists:
+//! Each CPU gets one region of `1 << shift` bytes, so finding CPU `id`'s cache is a shift (or a
+//! multiply by the region's size, see [`DirectCaches`]) and an add. A region holds the caches of one or more freelists:
 //! first each one's count word and limit word (how many slots a push may fill now, read with
 //! the count), side by side; then each one's harvested word and overflow mark (written by any
 //! thread, so kept off the count words' lines); then each freelist's slots. The slab allocator
 //! puts all its size classes in one arena this way, so a program using many classes keeps their
 //! count words in a few cache lines per CPU instead of one line (and one page) per class.
 
+use core::cell::UnsafeCell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use rseq_sys::{Index, Outcome, STACK_DEPTH_MASK, STACK_POPS_SHIFT, Sequences};
 
@@ -76,25 +77,13 @@ impl CacheArena {
     /// [`DirectCaches`]), for indices below `rseq_cpus`.
     ///
     /// # Safety
-    /// The arena's mapping outlives the table, every list in it belongs to a freelist (so its
-    /// count words and slots are only written by that freelist's sequences, or under its lock
-    /// bit), and `rseq_cpus` is at most the CPUs the arena was made for and no more than those
-    /// freelists allow the sequences.
+    /// As for [`DirectCaches::publish`].
+    #[cfg(test)]
     pub(crate) unsafe fn direct(&self, rseq_cpus: usize) -> DirectCaches {
-        let mut lists = [0; MAX_LISTS];
-        for (entry, (&at, &capacity)) in lists
-            .iter_mut()
-            .zip(self.slots_at.iter().zip(&self.capacities))
-            .take(self.lists)
-        {
-            *entry = at as u64 | (capacity as u64) << 32;
-        }
-        DirectCaches {
-            base: self.mapping.as_ptr() as usize,
-            shift: self.shift,
-            rseq_cpus: rseq_cpus as u32,
-            lists,
-        }
+        let table = DirectCaches::unpublished();
+        // SAFETY: the caller's contract; the table is new, published once.
+        unsafe { table.publish(self, rseq_cpus) };
+        table
     }
 
     /// The caches of freelist `list` (below the number of capacities given to `new`).
@@ -127,31 +116,102 @@ impl CacheArena {
 /// table is a few lines for all the lists, and a list's entry (where its slots start, and its
 /// capacity) is loaded alongside the count word rather than before it, since count words sit at
 /// fixed offsets. It writes exactly what the freelists' own sequences write, so the two mix.
+///
+/// Its owner may keep it where the fast path finds it with no pointer to load first (the slab
+/// allocator keeps it in `PerCpuAlloc` itself, often a `static`), before the arena exists: it
+/// starts [unpublished](Self::unpublished), refusing every index, and is
+/// [published](Self::publish) once. The index bound is an atomic, stored last (Release) and
+/// loaded first (Acquire); the rest is plain memory, written before the bound admits any index
+/// and never after, so the fast paths read it as plain loads, which the compiler may fold into
+/// the instructions that use them.
+///
+/// A region's address is `base + id * stride`: a multiply by a stride in memory is one
+/// instruction, where a shift by a count in memory takes a load and a shift (three micro-ops on
+/// many Intel cores), and the fast paths are throughput-bound.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct DirectCaches {
+    /// Indices below this have rseq caches: as each freelist of the arena allows. 0 until
+    /// published, and stored last.
+    rseq_cpus: AtomicU32,
+    table: UnsafeCell<Table>,
+}
+
+/// What [`DirectCaches::publish`] writes before admitting any index.
+#[derive(Debug)]
+#[repr(C)]
+struct Table {
     /// Region 0's address.
     base: usize,
-    shift: u32,
-    /// Indices below this have rseq caches: as each freelist of the arena allows.
-    rseq_cpus: u32,
+    /// Bytes from one region to the next.
+    stride: usize,
     /// Per list: its slots' byte offset inside a region (low half) and capacity (high half).
     /// The capacity bounds the limit words; pushes go by the limit.
     lists: [u64; MAX_LISTS],
 }
 
+// SAFETY: the table behind the UnsafeCell is written only by `publish` (once, by one thread,
+// before the Release store that first admits an index) and read only after an Acquire load of
+// that bound admitted one: every read happens after the only write, and none races with it.
+unsafe impl Sync for DirectCaches {}
+
 impl DirectCaches {
+    /// A table that refuses every index until [`Self::publish`]ed.
+    pub(crate) const fn unpublished() -> DirectCaches {
+        DirectCaches {
+            rseq_cpus: AtomicU32::new(0),
+            table: UnsafeCell::new(Table {
+                base: 0,
+                stride: 0,
+                lists: [0; MAX_LISTS],
+            }),
+        }
+    }
+
+    /// Points the table at `arena`'s lists, for indices below `rseq_cpus`; the bound is stored
+    /// last (Release), so a fast path that sees an index admitted sees the rest.
+    ///
+    /// # Safety
+    /// Called once, by one thread, before any other use of the table. The arena's mapping
+    /// outlives the table's use, every list in it belongs to a freelist (so its count words and
+    /// slots are only written by that freelist's sequences, or under its lock bit), and
+    /// `rseq_cpus` is at most the CPUs the arena was made for and no more than those freelists
+    /// allow the sequences.
+    pub(crate) unsafe fn publish(&self, arena: &CacheArena, rseq_cpus: usize) {
+        let mut lists = [0; MAX_LISTS];
+        for (entry, (&at, &capacity)) in lists
+            .iter_mut()
+            .zip(arena.slots_at.iter().zip(&arena.capacities))
+            .take(arena.lists)
+        {
+            *entry = at as u64 | (capacity as u64) << 32;
+        }
+        // SAFETY: the caller's contract: no other thread reads the table before the Release
+        // store below admits an index, and nothing else writes it.
+        unsafe {
+            self.table.get().write(Table {
+                base: arena.mapping.as_ptr() as usize,
+                stride: 1 << arena.shift,
+                lists,
+            })
+        };
+        self.rseq_cpus.store(rseq_cpus as u32, Ordering::Release);
+    }
+
     /// List `list`'s rseq cache on index `id`: count word and slots; `None` for indices without
-    /// one.
+    /// one (every index, before the table is published).
     #[inline(always)]
     fn cache(&self, id: u32, list: usize) -> Option<(*mut usize, *mut usize)> {
-        if id >= self.rseq_cpus {
+        if id >= self.rseq_cpus.load(Ordering::Acquire) {
             return None;
         }
-        debug_assert!(list < MAX_LISTS && self.lists[list] != 0, "no list {list}");
+        // SAFETY: an index was admitted, so the table is published and never written again
+        // (see the `Sync` impl).
+        let table = unsafe { &*self.table.get() };
+        debug_assert!(list < MAX_LISTS && table.lists[list] != 0, "no list {list}");
         // SAFETY: `list` is a list of the arena (the caller's contract), below MAX_LISTS.
-        let entry = unsafe { *self.lists.get_unchecked(list) };
-        let region = self.base + ((id as usize) << self.shift);
+        let entry = unsafe { *table.lists.get_unchecked(list) };
+        let region = table.base + id as usize * table.stride;
         // (count, limit) pairs side by side at the region's start, as `CacheArena::caches` lays
         // them: the limit shares the count word's line.
         let count = region + list * WORD_PAIR;
@@ -171,7 +231,7 @@ impl DirectCaches {
         let limit = unsafe { AtomicUsize::from_ptr(count.add(1)) }.load(Ordering::Relaxed);
         debug_assert!(
             // SAFETY: as in `cache`.
-            limit <= (unsafe { *self.lists.get_unchecked(list) } >> 32) as usize,
+            limit <= (unsafe { (*self.table.get()).lists[list] } >> 32) as usize,
             "limit {limit} past capacity"
         );
         limit
@@ -183,7 +243,7 @@ impl DirectCaches {
     /// aborted.
     ///
     /// # Safety
-    /// `list` is a list of the arena this table was made from.
+    /// Once the table is published, `list` is a list of the arena it was published with.
     #[inline(always)]
     pub(crate) unsafe fn try_push(&self, list: usize, item: NonNull<u8>) -> bool {
         let Some((seq, index)) = rseq_path_if_registered() else {
@@ -199,8 +259,8 @@ impl DirectCaches {
     /// cache is full or locked, or the attempt was aborted.
     ///
     /// # Safety
-    /// `list` is a list of the arena this table was made from, and of `away`'s when `home` is
-    /// not 0.
+    /// Once the tables are published, `list` is a list of the arena this one was published
+    /// with, and of `away`'s when `home` is not 0.
     #[inline(always)]
     pub(crate) unsafe fn push_homed_with(
         &self,
@@ -214,11 +274,14 @@ impl DirectCaches {
         let id = seq.current().index(index);
         // Chosen before the sequence, which then aborts if the thread leaves index `id`. A
         // branch, not a select: the usual table's loads then need not wait for `id`. And one
-        // branch for both tests (`home` is 0, or it is `id + 1`: either makes the minimum 0),
+        // branch for both tests (`home` is 0, or it is `id + 1`: either makes the product 0),
         // which the compiler would otherwise split in two: a branch on `home != 0` alone
         // mispredicts in programs that mix homed and other classes (16 and 516 bytes at random
-        // took 1.47× the time without homes that way, 1.11× this way).
-        if home.min(home ^ id.wrapping_add(1)) != 0 {
+        // took 1.47× the time without homes that way, 1.11× with one branch). Wrapping, so that
+        // the compiler keeps the multiply rather than test both factors: it wraps to 0 only if
+        // `id + 1` had 25 trailing zero bits (`home` is below 256), an index no kernel gives,
+        // and even then it would only send the block to the wrong cache, not lose it.
+        if home.wrapping_mul(home ^ id.wrapping_add(1)) != 0 {
             // SAFETY: the caller's contract.
             return unsafe { away.push_on(seq, index, id, list, item) };
         }
@@ -229,7 +292,7 @@ impl DirectCaches {
     /// The push sequence into list `list`'s cache on index `id`, which the thread read just now.
     ///
     /// # Safety
-    /// `list` is a list of the arena this table was made from.
+    /// As for [`Self::try_push`].
     #[inline(always)]
     unsafe fn push_on(
         &self,
@@ -454,5 +517,10 @@ mod tests {
         }
         assert_eq!(direct.cache(4, 0), None);
         assert_eq!(direct.cache(u32::MAX, 0), None);
+        let unpublished = DirectCaches::unpublished();
+        assert!(
+            (0..4).all(|id| unpublished.cache(id, 0).is_none()),
+            "an unpublished table admits no index"
+        );
     }
 }

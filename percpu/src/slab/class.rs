@@ -84,10 +84,18 @@ pub(crate) fn keeps_block(class: usize, new_size: usize) -> bool {
 #[inline(always)]
 pub(crate) fn class_of_small(size: usize) -> usize {
     if size <= TABLE_MAX {
-        CLASS_BY_16[size.div_ceil(16)] as usize
+        class_by_table(size)
     } else {
         class_of(size)
     }
+}
+
+/// [`class_of`] for `size <= TABLE_MAX`, in one load.
+#[inline(always)]
+pub(crate) fn class_by_table(size: usize) -> usize {
+    debug_assert!(size <= TABLE_MAX);
+    // SAFETY: `size <= TABLE_MAX` (the caller's bound) keeps the index within the table.
+    unsafe { *CLASS_BY_16.get_unchecked(size.div_ceil(16)) as usize }
 }
 
 #[inline(always)]

@@ -67,18 +67,15 @@ pub(crate) struct Class {
     limit: usize,
 }
 
-/// In C order. The heap starts a page, as the caches' regions do, so fields the fast paths read
-/// are kept off the page offsets of the count words (the first `ALIAS_GAP` bytes): otherwise a
-/// load of one would wait on the last store to the count word at its offset (4 KiB aliasing),
-/// which once made pairs 10% slower.
+/// In C order. The heap starts a page, as the caches' regions do, so the fields its refills and
+/// overflows read first are kept off the page offsets of the count words (the first
+/// `ALIAS_GAP` bytes): otherwise a load of one would wait on the last store to the count word at
+/// its offset (4 KiB aliasing), which once made pairs 10% slower. (The fast paths read nothing
+/// here: their tables are in `PerCpuAlloc`, laid out the same way.)
 #[repr(C)]
 pub(crate) struct Heap {
-    /// Never touched; it only moves `direct` and the page heap's fields up the page.
+    /// Never touched; it only moves the page heap's fields up the page.
     _alias_gap: [u8; ALIAS_GAP],
-    /// Every class's rseq cache, for the fast paths: see [`DirectCaches`].
-    pub(crate) direct: DirectCaches,
-    /// The same for the remote buffers (homed classes only).
-    pub(crate) remote_direct: DirectCaches,
     pub(crate) pages: PageHeap,
     pub(crate) large: Large,
     /// Serialises `trim` (and holds off `fork` while one runs).
@@ -86,12 +83,12 @@ pub(crate) struct Heap {
     /// Next heap registered for the fork handlers.
     pub(crate) fork_next: core::sync::atomic::AtomicPtr<Heap>,
     /// Every class's per-CPU caches, one region per CPU (their count words side by side).
-    _caches: CacheArena,
+    caches: CacheArena,
     /// The same for threads without rseq (touched only when there are some).
     _locked_caches: CacheArena,
     /// The remote buffers' caches (their locked ones serve only indices past the rseq caches':
     /// threads without rseq do not send blocks home).
-    _remote_caches: CacheArena,
+    remote_caches: CacheArena,
     _remote_locked_caches: CacheArena,
     /// Every class's freelist operation counters, side by side (a page per class otherwise).
     _counters: OpCounterArena,
@@ -104,7 +101,7 @@ pub(crate) struct Heap {
 /// Bytes of a cache region's first page that hold the count and limit words, which the fast
 /// paths store to and load (with room to spare: 48 classes use 768). The harvested words and
 /// marks after them are written only by slow paths.
-const ALIAS_GAP: usize = 1024;
+pub(crate) const ALIAS_GAP: usize = 1024;
 const _: () = assert!(CLASSES * crate::freelist::caches::WORD_PAIR <= ALIAS_GAP);
 
 /// A class's levels below its freelist, as the freelist sees them.
@@ -257,19 +254,12 @@ impl Heap {
             // SAFETY: `at` is valid for a Heap, so its `remote[c]` is valid for writes.
             unsafe { ptr::addr_of_mut!((*at).remote[c]).write(remote) };
         }
-        // SAFETY: the arena outlives the table (both move into the heap, and its mapping never
-        // moves); each of its lists now belongs to a class's freelist, all of which allow the
-        // sequences on the same indices.
-        let direct = unsafe { arena.direct((*ptr::addr_of!((*at).classes[0])).list.rseq_cpus()) };
-        // SAFETY: as above, field by field; the page heap's top array is still zeroed, as
+        // SAFETY: field by field; the page heap's top array is still zeroed, as
         // `PageHeap::init` needs.
         unsafe {
-            ptr::addr_of_mut!((*at).direct).write(direct);
-            let remote_cpus = (*ptr::addr_of!((*at).remote[0])).rseq_cpus();
-            ptr::addr_of_mut!((*at).remote_direct).write(remote_arena.direct(remote_cpus));
-            ptr::addr_of_mut!((*at)._caches).write(arena);
+            ptr::addr_of_mut!((*at).caches).write(arena);
             ptr::addr_of_mut!((*at)._locked_caches).write(locked);
-            ptr::addr_of_mut!((*at)._remote_caches).write(remote_arena);
+            ptr::addr_of_mut!((*at).remote_caches).write(remote_arena);
             ptr::addr_of_mut!((*at)._remote_locked_caches).write(remote_locked);
             ptr::addr_of_mut!((*at)._counters).write(counters);
             ptr::addr_of_mut!((*at)._remote_counters).write(remote_counters);
@@ -288,19 +278,24 @@ impl Heap {
         unsafe { self.classes.get_unchecked(class) }
     }
 
-    /// A block of size class `class`, or null when out of memory.
-    #[inline(always)]
-    pub(crate) fn alloc_small(&self, class: usize) -> *mut u8 {
-        // SAFETY: every class is a list of the arena.
-        if let Some(block) = unsafe { self.direct.try_pop(class) } {
-            return block.as_ptr();
+    /// Publishes the tables the fast paths find the per-CPU caches by (see
+    /// `PerCpuAlloc::fast`): the classes' caches in `direct`, the remote buffers' in `remote`.
+    ///
+    /// # Safety
+    /// Once per heap, by one thread, into tables that are not used past the heap's life.
+    pub(crate) unsafe fn publish_fast_paths(&self, direct: &DirectCaches, remote: &DirectCaches) {
+        // SAFETY: the arenas live as long as the heap, which outlives the tables' use (the
+        // caller's contract); each of their lists belongs to a class's freelist (or remote
+        // buffer), all of which allow the sequences on the same indices.
+        unsafe {
+            direct.publish(&self.caches, self.classes[0].list.rseq_cpus());
+            remote.publish(&self.remote_caches, self.remote[0].rseq_cpus());
         }
-        self.alloc_small_past_fast(class)
     }
 
-    /// [`Self::alloc_small`] after its fast attempt (or a caller's: `try_alloc_fast`) did
-    /// nothing: through the class's freelist, which tries the cache again, refills it, or goes
-    /// past it for a thread without rseq.
+    /// A block of size class `class` (or null when out of memory) after a fast attempt
+    /// (`PerCpuAlloc`'s, on its table) did nothing: through the class's freelist, which tries the
+    /// cache again, refills it, or goes past it for a thread without rseq.
     #[inline(always)]
     pub(crate) fn alloc_small_past_fast(&self, class: usize) -> *mut u8 {
         let below = Below {
@@ -314,22 +309,11 @@ impl Heap {
         }
     }
 
-    /// Frees `block`, a live block of size class `class`, into this CPU's cache (see the module
-    /// docs for blocks with a home).
+    /// Frees `block`, a live block of size class `class`, after a fast attempt did nothing (or
+    /// was not made): through the class's freelist, which tries the cache again, moves a batch
+    /// down when it is full, or goes past it for a thread without rseq.
     #[inline(always)]
-    pub(crate) fn free_small(&self, class: usize, block: NonNull<u8>) {
-        // SAFETY: every class is a list of the arena.
-        if unsafe { self.direct.try_push(class, block) } {
-            return;
-        }
-        self.free_small_past_fast(class, block);
-    }
-
-    /// [`Self::free_small`] after its fast attempt did nothing (or was not made): through the
-    /// class's freelist, which tries the cache again, moves a batch down when it is full, or
-    /// goes past it for a thread without rseq.
-    #[inline(always)]
-    fn free_small_past_fast(&self, class: usize, block: NonNull<u8>) {
+    pub(crate) fn free_small_past_fast(&self, class: usize, block: NonNull<u8>) {
         let below = Below {
             class: self.class(class),
             pages: &self.pages,

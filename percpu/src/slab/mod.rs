@@ -54,10 +54,14 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
+use crate::freelist::DirectCaches;
 use crate::mode::rseq_path_if_registered;
-use class::{CLASSES, MAX_SMALL, SIZES, class_for, class_of_small, keeps_block};
-use heap::Heap;
+use class::{
+    CLASSES, MAX_SMALL, SIZES, TABLE_MAX, class_by_table, class_for, class_of_small, keeps_block,
+};
+use heap::{ALIAS_GAP, Heap};
 use lock::SpinLock;
+use pages::{CLASS_WORD_MASK, ClassMapRef, HOME_SHIFT};
 
 /// Number of size classes ([`AllocStats::classes`] has one entry each).
 pub const SIZE_CLASSES: usize = CLASSES;
@@ -90,6 +94,10 @@ const READY: u8 = 2;
 /// Initialisation happens on first use and allocates nothing. Sizes up to
 /// [`MAX_SMALL_SIZE`] come from size classes (at most 15 bytes or 25% above the request);
 /// any power-of-two alignment is honoured.
+///
+/// A page in size (and alignment): the tables its fast paths read are kept in it, away from the
+/// page offsets the per-CPU caches' count words sit at.
+#[repr(C, align(4096))]
 pub struct PerCpuAlloc {
     heap: AtomicPtr<Heap>,
     state: AtomicU8,
@@ -97,7 +105,33 @@ pub struct PerCpuAlloc {
     /// waiting for itself.
     initializer: AtomicUsize,
     cpu_cache_bytes: usize,
+    fast: FastPaths,
 }
+
+/// What the fast paths of `malloc`, `free` and their Rust counterparts read, kept in the
+/// allocator value itself: usually a `static`, whose fields load relative to the code, so the
+/// first loads of a fast path wait on no pointer to the heap (the heap is mapped, and found
+/// through [`PerCpuAlloc::heap`]). Published once the heap is, after it: until then every
+/// attempt fails and takes the slow path, which initialises.
+///
+/// Aligned to 1 KiB, it lies at the page offsets from 1 KiB up: off those of the count words,
+/// which the fast paths store to (the first [`ALIAS_GAP`] bytes of each CPU's region). A load
+/// at the page offset of a store still in flight waits for it (4 KiB aliasing); such loads of
+/// the heap's fields once made pairs 10% slower.
+#[repr(C, align(1024))]
+struct FastPaths {
+    /// Every class's rseq cache.
+    direct: DirectCaches,
+    /// The remote buffers' (homed classes only).
+    remote: DirectCaches,
+    /// Finds a block's class and home for `free`.
+    class_map: ClassMapRef,
+}
+
+const _: () = {
+    let at = core::mem::offset_of!(PerCpuAlloc, fast);
+    assert!(at >= ALIAS_GAP && at + core::mem::size_of::<FastPaths>() <= 4096);
+};
 
 impl PerCpuAlloc {
     /// An allocator with the default per-CPU cache budget.
@@ -115,6 +149,11 @@ impl PerCpuAlloc {
             state: AtomicU8::new(UNINIT),
             initializer: AtomicUsize::new(0),
             cpu_cache_bytes: bytes,
+            fast: FastPaths {
+                direct: DirectCaches::unpublished(),
+                remote: DirectCaches::unpublished(),
+                class_map: ClassMapRef::unpublished(),
+            },
         }
     }
 
@@ -170,6 +209,12 @@ impl PerCpuAlloc {
         self.state.store(READY, Ordering::Release);
         // SAFETY: just published; it lives until `self` drops (and unregisters it).
         let heap = unsafe { heap.as_ref() };
+        // SAFETY: once (only the thread that built the heap gets here), into tables that die
+        // with `self`, as the heap does.
+        unsafe {
+            heap.publish_fast_paths(&self.fast.direct, &self.fast.remote);
+            self.fast.class_map.publish(&heap.pages);
+        }
         register_for_fork(heap);
         Some(heap)
     }
@@ -204,35 +249,32 @@ impl PerCpuAlloc {
 
     /// One attempt at a block of `size` bytes aligned to 16 (C's `malloc`) from this CPU's
     /// cache: `None`, with nothing done, when that takes more (a first call, an empty cache, a
-    /// large size, a thread without sequences, an interrupted attempt). The caller then
-    /// allocates the usual way. It has no call in it, so it needs no stack frame: a C `malloc`
-    /// that tries it first (percpu-malloc) spends fewer instructions in the common case. Sizes up
-    /// to 1 KiB find their class in a table, which C programs' mixed sizes favour (`alloc` keeps
-    /// the arithmetic, which tight loops of one size favour).
+    /// size above 1 KiB, a thread without sequences, an interrupted attempt). The caller then
+    /// allocates the usual way ([`Self::alloc_by_size`], whose own attempt covers every size
+    /// class). It has no call in it, so it needs no stack frame: a C `malloc` that tries it first
+    /// (percpu-malloc) spends fewer instructions in the common case. Only sizes up to 1 KiB, those
+    /// whose class is in a table, which C programs' mixed sizes favour: one test of the size
+    /// then admits them all (`alloc` keeps the arithmetic, which tight loops of one size favour).
     #[inline]
     pub fn try_alloc_fast(&self, size: usize) -> Option<NonNull<u8>> {
-        if size > MAX_SMALL {
+        if size > TABLE_MAX {
             return None;
         }
-        // SAFETY: every class is a list of the heap's arena.
-        unsafe { self.heap_if_ready()?.direct.try_pop(class_of_small(size)) }
+        // SAFETY: every class is a list of the arena the table is published with.
+        unsafe { self.fast.direct.try_pop(class_by_table(size)) }
     }
 
     /// `size` bytes aligned to 16, as C's `malloc` asks (a `size` of 0 gets the smallest
-    /// block); null when out of memory. The counterpart of [`Self::free`]: it takes no `Layout`,
-    /// and finds the size class in the same table as [`Self::try_alloc_fast`], which a C
-    /// `malloc` tries first (inline, with no stack frame) before calling this. Threads without
-    /// rseq come here for every block.
+    /// block); null when out of memory. The counterpart of [`Self::free`]: it takes no `Layout`.
+    /// A C `malloc` tries [`Self::try_alloc_fast`] first (inline, with no stack frame) before
+    /// calling this. Threads without rseq come here for every block.
     pub fn alloc_by_size(&self, size: usize) -> *mut u8 {
-        if let Some(block) = self.try_alloc_fast(size) {
-            return block.as_ptr();
+        if size <= MAX_SMALL {
+            return self.alloc_small(class_of_small(size));
         }
         let Some(heap) = self.heap() else {
             return ptr::null_mut();
         };
-        if size <= MAX_SMALL {
-            return heap.alloc_small_past_fast(class_of_small(size));
-        }
         match Layout::from_size_align(size, 16) {
             Ok(layout) => Self::alloc_large(heap, layout, false),
             Err(_) => ptr::null_mut(),
@@ -254,26 +296,26 @@ impl PerCpuAlloc {
         // there), so it has no class and goes to the slow path, which ignores it.
         // A block homed at another index (see `heap`'s docs) goes into the remote buffer.
         // Spelled out, with no closures: the compiler would not inline them.
-        if let Some(heap) = self.heap_if_ready()
-            && let Some((class, home)) = heap.class_and_home(block)
-        {
+        let word = u32::from(self.fast.class_map.slab_word(block as usize));
+        if word & CLASS_WORD_MASK != 0 {
+            let (class, home) = ((word & CLASS_WORD_MASK) as usize - 1, word >> HOME_SHIFT);
             // SAFETY: a block with a class is a slab block, never null.
             let slab_block = unsafe { NonNull::new_unchecked(block) };
             let Some((seq, index)) = rseq_path_if_registered() else {
                 // No sequences (yet, or ever): the class is known, so the slow path need not
                 // look it up again. Decided before the sequence, so nothing has to survive it.
-                return free_small_slow(heap, class, slab_block, home);
+                return free_small_slow(self, class, slab_block, home);
             };
-            // SAFETY: every class is a list of the heap's arena, and every homed class of the
-            // remote arena.
+            // SAFETY: the class map is published, so the tables are: every class is a list of
+            // the direct table's arena, and every homed class of the remote table's.
             if unsafe {
-                heap.direct.push_homed_with(
+                self.fast.direct.push_homed_with(
                     seq,
                     index,
                     class,
                     slab_block,
                     home,
-                    &heap.remote_direct,
+                    &self.fast.remote,
                 )
             } {
                 return;
@@ -366,6 +408,20 @@ impl PerCpuAlloc {
         moved
     }
 
+    /// A block of size class `class`, or null when out of memory: from this CPU's cache in one
+    /// attempt, else through the heap (initialising it on the first call).
+    #[inline(always)]
+    fn alloc_small(&self, class: usize) -> *mut u8 {
+        // SAFETY: every class is a list of the arena the table is published with.
+        if let Some(block) = unsafe { self.fast.direct.try_pop(class) } {
+            return block.as_ptr();
+        }
+        match self.heap() {
+            Some(heap) => heap.alloc_small_past_fast(class),
+            None => ptr::null_mut(),
+        }
+    }
+
     /// A large block, or null; zeroed when asked (skipping the memset on fresh mappings).
     #[cold]
     fn alloc_large(heap: &Heap, layout: Layout, zeroed: bool) -> *mut u8 {
@@ -397,15 +453,18 @@ impl core::fmt::Debug for PerCpuAlloc {
     }
 }
 
-/// Maps and builds a heap; `None` when out of memory.
 /// [`PerCpuAlloc::free`] of a slab block by a thread without sequences (every block, for threads
 /// without rseq). `extern "C"` (it never unwinds) and out of line, so that `free` ends in a tail
 /// call with no stack frame.
 #[inline(never)]
-extern "C" fn free_small_slow(heap: &Heap, class: usize, block: NonNull<u8>, home: u32) {
-    heap.free_homed(class, block, home);
+extern "C" fn free_small_slow(alloc: &PerCpuAlloc, class: usize, block: NonNull<u8>, home: u32) {
+    // Always there: the class map that gave the class is published after the heap.
+    if let Some(heap) = alloc.heap_if_ready() {
+        heap.free_homed(class, block, home);
+    }
 }
 
+/// Maps and builds a heap; `None` when out of memory.
 fn create_heap(cpu_cache_bytes: usize) -> Option<NonNull<Heap>> {
     // SAFETY: sysconf has no preconditions.
     let page_size = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
@@ -431,48 +490,58 @@ fn create_heap(cpu_cache_bytes: usize) -> Option<NonNull<Heap>> {
 unsafe impl GlobalAlloc for PerCpuAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some(heap) = self.heap() else {
-            return ptr::null_mut();
-        };
         match class_for(layout.size(), layout.align()) {
-            Some(class) => heap.alloc_small(class),
-            None => Self::alloc_large(heap, layout, false),
+            Some(class) => self.alloc_small(class),
+            None => match self.heap() {
+                Some(heap) => Self::alloc_large(heap, layout, false),
+                None => ptr::null_mut(),
+            },
         }
     }
 
     #[inline]
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        let Some(heap) = self.heap_if_ready() else {
+        let Some(block) = NonNull::new(block) else {
             return;
         };
-        match (
-            class_for(layout.size(), layout.align()),
-            NonNull::new(block),
-        ) {
-            (Some(class), Some(block)) => {
-                debug_assert_eq!(heap.class_of_block(block.as_ptr()), Some(class));
-                heap.free_small(class, block);
+        match class_for(layout.size(), layout.align()) {
+            Some(class) => {
+                debug_assert_eq!(
+                    self.heap_if_ready()
+                        .and_then(|heap| heap.class_of_block(block.as_ptr())),
+                    Some(class)
+                );
+                // SAFETY: every class is a list of the arena the table is published with.
+                if unsafe { self.fast.direct.try_push(class, block) } {
+                    return;
+                }
+                if let Some(heap) = self.heap_if_ready() {
+                    heap.free_small_past_fast(class, block);
+                }
             }
-            (None, Some(_)) => heap.large.free(block),
-            (_, None) => {}
+            None => {
+                if let Some(heap) = self.heap_if_ready() {
+                    heap.large.free(block.as_ptr());
+                }
+            }
         }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let Some(heap) = self.heap() else {
-            return ptr::null_mut();
-        };
         match class_for(layout.size(), layout.align()) {
             Some(class) => {
-                let block = heap.alloc_small(class);
+                let block = self.alloc_small(class);
                 if !block.is_null() {
                     // SAFETY: the block has at least `size` writable bytes.
                     unsafe { ptr::write_bytes(block, 0, layout.size()) };
                 }
                 block
             }
-            None => Self::alloc_large(heap, layout, true),
+            None => match self.heap() {
+                Some(heap) => Self::alloc_large(heap, layout, true),
+                None => ptr::null_mut(),
+            },
         }
     }
 

@@ -54,6 +54,62 @@ const _: () = assert!(CLASSES < CLASS_WORD_MASK as usize);
 /// third of its time faulting the same pages back in; `trim()` releases them all.
 pub(crate) const RESIDENT_EMPTY_SLABS: usize = 64;
 
+/// The class map's address, kept where a fast path finds it with no pointer to the heap first
+/// (`PerCpuAlloc` keeps one). Until [published](Self::publish), and where there is no class
+/// map, it admits no address: its bound, the number of entries, is 0. The bound is stored after
+/// the address (Release) and loaded before it (Acquire), so one test of a slab index against it
+/// is both the range check and the test that there is a map, and the address itself is plain
+/// memory, written once before the bound admits anything.
+pub(crate) struct ClassMapRef {
+    entries: AtomicUsize,
+    map: core::cell::UnsafeCell<*const AtomicU16>,
+}
+
+// SAFETY: `map` is written only by `publish` (once, by one thread, before the Release store of
+// `entries` that first admits an index) and read only after an Acquire load of `entries` admitted
+// one: every read happens after the only write. The entries it points to are atomics.
+unsafe impl Sync for ClassMapRef {}
+// SAFETY: `map` is an address into a mapping of the heap, which is no thread's: moving the
+// reference to another thread changes nothing about who may read through it.
+unsafe impl Send for ClassMapRef {}
+
+impl ClassMapRef {
+    pub(crate) const fn unpublished() -> ClassMapRef {
+        ClassMapRef {
+            entries: AtomicUsize::new(0),
+            map: core::cell::UnsafeCell::new(ptr::null()),
+        }
+    }
+
+    /// Points at `pages`' class map, if it has one.
+    ///
+    /// # Safety
+    /// Called once, by one thread, before any other use; `pages` outlives every use of `self`.
+    pub(crate) unsafe fn publish(&self, pages: &PageHeap) {
+        let Some(map) = pages.class_map.as_ref() else {
+            return;
+        };
+        // SAFETY: the caller's contract: nothing reads `map` before the store below admits an
+        // index, and nothing else writes it.
+        unsafe { self.map.get().write(map.as_ptr().cast()) };
+        self.entries.store(CLASS_MAP_ENTRIES, Ordering::Release);
+    }
+
+    /// The word (see [`Slab`]) of the slab holding `address`, as [`PageHeap::slab_word`] gives
+    /// it; 0 also when that takes more than one load (no class map, or none published yet).
+    #[inline(always)]
+    pub(crate) fn slab_word(&self, address: usize) -> u16 {
+        let index = address >> SLAB_SHIFT;
+        if index >= self.entries.load(Ordering::Acquire) {
+            return 0;
+        }
+        // SAFETY: an index was admitted, so `map` is published: it holds CLASS_MAP_ENTRIES
+        // entries (the bound just checked), zeroed or written only as atomics, for as long as
+        // its page heap (the publisher's contract).
+        unsafe { &*(*self.map.get()).add(index) }.load(Ordering::Relaxed)
+    }
+}
+
 /// One slab's descriptor. `word` is read without locks; everything else belongs to whoever
 /// holds the slab: its class's central lock while it serves a class, the page heap's lock
 /// while it is free (so relaxed atomics suffice: the locks order them).
@@ -526,6 +582,31 @@ pub(super) mod tests {
 
     /// A slab's home travels with its class word, in the class map and the descriptor alike,
     /// and never shows in the class word; a slab given back loses both.
+    #[test]
+    fn the_published_class_map_gives_each_slab_s_word_in_one_load() {
+        for class_map in [true, false] {
+            let pages = page_heap(class_map);
+            let slab = pages.take().expect("memory");
+            let base = slab.base.load(Ordering::Relaxed);
+            pages.set_word(slab, 5, 2);
+            let map = ClassMapRef::unpublished();
+            assert_eq!(map.slab_word(base), 0, "nothing before it is published");
+            // SAFETY: once, and `pages` outlives `map`.
+            unsafe { map.publish(&pages) };
+            let expected = if class_map { 5 | 2 << HOME_SHIFT } else { 0 };
+            assert_eq!(u32::from(map.slab_word(base + 100)), expected);
+            assert_eq!(
+                map.slab_word(base + SLAB_SIZE),
+                0,
+                "the next slab serves nothing"
+            );
+            assert_eq!(map.slab_word(1 << ADDRESS_BITS | base), 0, "past 2^48");
+            assert_eq!(map.slab_word(usize::MAX), 0);
+            pages.give(slab);
+            assert_eq!(map.slab_word(base), 0);
+        }
+    }
+
     #[test]
     fn a_slab_word_holds_class_and_home() {
         for class_map in [true, false] {

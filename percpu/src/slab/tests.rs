@@ -657,3 +657,67 @@ fn small_blocks_freed_away_from_home_go_home() {
         "every attempt migrated between its frees and its allocations"
     );
 }
+
+/// The other half of homes: a small block freed on its slab's home index goes into this CPU's
+/// cache, as any block does, so the next allocations here take it back. A block sent to the
+/// remote buffer by mistake would sit there (it holds 128 before any goes on), once the buffer
+/// is in use: blocks homed elsewhere put it to use first. The cache may hold a refill's
+/// leftovers above the blocks freed: 200 allocations cover both.
+#[test]
+fn small_blocks_freed_at_home_stay_in_this_cpu_s_cache() {
+    use super::pages::PageHeap;
+    let (l, c) = (layout(16, 16), class_of(16));
+    let shards = (rseq_sys::possible_cpus() as usize).clamp(1, crate::freelist::MAX_SHARDS);
+    if !matches!(crate::mode(), crate::Mode::Rseq { .. }) || shards == 1 {
+        return;
+    }
+    let rehome = |heap: &Heap, blocks: &[*mut u8], home: usize| {
+        for &p in blocks {
+            let slab = heap.pages.lookup(p as usize).expect("a slab block");
+            heap.pages
+                .set_word(slab, PageHeap::slab_class_word(slab), home as u32);
+        }
+    };
+    for _attempt in 0..50 {
+        let a = PerCpuAlloc::new();
+        // SAFETY: a valid layout.
+        let away: Vec<*mut u8> = (0..100).map(|_| unsafe { a.alloc(l) }).collect();
+        let heap = a.heap().expect("a heap");
+        let list = &heap.class(c).list;
+        let Some(id) = list
+            .current_index()
+            .filter(|&id| id < super::pages::HOMED_INDICES as usize)
+        else {
+            return; // No slab has a home there.
+        };
+        rehome(heap, &away, (id + 1) % shards + 1);
+        for &p in &away {
+            // SAFETY: allocated here, freed once, by address.
+            unsafe { a.free(p) };
+        }
+        // SAFETY: a valid layout.
+        let home: Vec<*mut u8> = (0..100).map(|_| unsafe { a.alloc(l) }).collect();
+        rehome(heap, &home, id + 1);
+        for &p in &home {
+            // SAFETY: allocated here, freed once, by address.
+            unsafe { a.free(p) };
+        }
+        let sent: HashSet<usize> = home.iter().map(|&p| p as usize).collect();
+        // SAFETY: a valid layout.
+        let again: Vec<*mut u8> = (0..200).map(|_| unsafe { a.alloc(l) }).collect();
+        let stable = list.current_index() == Some(id);
+        for &p in &again {
+            // SAFETY: allocated here with `l`, freed once.
+            unsafe { a.dealloc(p, l) };
+        }
+        if stable {
+            let reused = again
+                .iter()
+                .filter(|&&p| sent.contains(&(p as usize)))
+                .count();
+            assert_eq!(reused, 100, "blocks freed at home were not reused at home");
+            return;
+        }
+    }
+    panic!("every attempt migrated between its frees and its allocations");
+}
