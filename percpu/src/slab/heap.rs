@@ -26,7 +26,7 @@ use super::central::Central;
 use super::class::{CLASSES, SIZES};
 use super::large::Large;
 use super::lock::SpinLock;
-use super::pages::{CLASS_WORD_MASK, HOME_SHIFT, HOMED_INDICES, PageHeap};
+use super::pages::{HOMED_INDICES, PageHeap, class_word_of, home_of};
 use super::stats::{AllocStats, ClassStats};
 use crate::freelist::{Backing, CacheArena, DirectCaches, MAX_CHAIN, OpCounterArena, RawFreeList};
 
@@ -156,7 +156,7 @@ impl Backing for ToHome<'_> {
         let mut homed = [(0u32, 0usize); MAX_CHAIN];
         let homed = &mut homed[..items.len()];
         for (entry, &item) in homed.iter_mut().zip(items) {
-            *entry = (pages.slab_word(item) >> HOME_SHIFT, item);
+            *entry = (home_of(pages.slab_word(item)), item);
         }
         homed.sort_unstable();
         let mut run = [0usize; MAX_CHAIN];
@@ -348,8 +348,8 @@ impl Heap {
     #[inline(always)]
     pub(crate) fn class_and_home(&self, block: *const u8) -> Option<(usize, u32)> {
         let word = self.pages.slab_word(block as usize);
-        let class = word & CLASS_WORD_MASK;
-        (class != 0).then(|| (class as usize - 1, word >> HOME_SHIFT))
+        let class = class_word_of(word);
+        (class != 0).then(|| (class as usize - 1, home_of(word)))
     }
 
     /// The size class of `block` when it is a slab block; `None` for large blocks.

@@ -61,7 +61,7 @@ use class::{
 };
 use heap::{ALIAS_GAP, Heap};
 use lock::SpinLock;
-use pages::{CLASS_WORD_MASK, ClassMapRef, HOME_SHIFT};
+use pages::{ClassMapRef, class_word_of, home_of};
 
 /// Number of size classes ([`AllocStats::classes`] has one entry each).
 pub const SIZE_CLASSES: usize = CLASSES;
@@ -297,8 +297,8 @@ impl PerCpuAlloc {
         // A block homed at another index (see `heap`'s docs) goes into the remote buffer.
         // Spelled out, with no closures: the compiler would not inline them.
         let word = u32::from(self.fast.class_map.slab_word(block as usize));
-        if word & CLASS_WORD_MASK != 0 {
-            let (class, home) = ((word & CLASS_WORD_MASK) as usize - 1, word >> HOME_SHIFT);
+        if class_word_of(word) != 0 {
+            let (class, home) = (class_word_of(word) as usize - 1, home_of(word));
             // SAFETY: a block with a class is a slab block, never null.
             let slab_block = unsafe { NonNull::new_unchecked(block) };
             let Some((seq, index)) = rseq_path_if_registered() else {

@@ -42,13 +42,31 @@ const CLASS_MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - SLAB_SHIFT);
 /// Bytes of the class map.
 const CLASS_MAP_BYTES: usize = CLASS_MAP_ENTRIES * core::mem::size_of::<AtomicU16>();
 
-/// A slab's word holds its class word (class + 1, 0 for none) in its low byte and its home
-/// (index + 1, 0 for none) in the byte above: see [`Slab`].
-pub(crate) const HOME_SHIFT: u32 = 8;
-pub(crate) const CLASS_WORD_MASK: u32 = (1 << HOME_SHIFT) - 1;
+/// A slab's word holds its home (index + 1, 0 for none) in its low byte and its class word
+/// (class + 1, 0 for none) in the byte above: see [`Slab`]. The class above, so that `free`
+/// finds it, and tests it for 0, with one shift.
+pub(crate) const CLASS_SHIFT: u32 = 8;
+const HOME_MASK: u32 = (1 << CLASS_SHIFT) - 1;
 /// Indices from this one up carve slabs with no home (the home byte is full).
-pub(crate) const HOMED_INDICES: u32 = (1 << HOME_SHIFT) - 1;
-const _: () = assert!(CLASSES < CLASS_WORD_MASK as usize);
+pub(crate) const HOMED_INDICES: u32 = HOME_MASK;
+const _: () = assert!(CLASSES < u8::MAX as usize);
+
+/// A slab's word for its class word and home.
+pub(crate) const fn slab_word_of(class_word: u32, home: u32) -> u32 {
+    class_word << CLASS_SHIFT | home
+}
+
+/// The class word (class + 1, or 0) in a slab's word.
+#[inline(always)]
+pub(crate) const fn class_word_of(word: u32) -> u32 {
+    word >> CLASS_SHIFT
+}
+
+/// The home (index + 1, or 0) in a slab's word.
+#[inline(always)]
+pub(crate) const fn home_of(word: u32) -> u32 {
+    word & HOME_MASK
+}
 /// Empty slabs kept resident for quick reuse (16 MiB); beyond these, empty slabs go back to the
 /// kernel. With 16, a program that builds and frees a 12 MiB structure over and over spent a
 /// third of its time faulting the same pages back in; `trim()` releases them all.
@@ -119,8 +137,9 @@ impl ClassMapRef {
 /// level when freed elsewhere, so that blocks sharing a cache line stay with one CPU.
 #[repr(C, align(64))]
 pub(crate) struct Slab {
-    /// Class + 1 while the slab serves a size class, 0 otherwise, and the home + 1 shifted by
-    /// [`HOME_SHIFT`] (set with [`PageHeap::set_word`], which keeps the class map in step).
+    /// The home (index + 1, 0 for none), and class + 1 while the slab serves a size class (0
+    /// otherwise) shifted by [`CLASS_SHIFT`] ([`slab_word_of`]; set with
+    /// [`PageHeap::set_word`], which keeps the class map in step).
     word: AtomicU32,
     /// Blocks handed above the central level and not back yet.
     pub(crate) live: AtomicU32,
@@ -274,17 +293,17 @@ impl PageHeap {
     /// (the tests' view; the allocator reads the whole word).
     #[cfg(test)]
     pub(crate) fn class_word(&self, address: usize) -> u32 {
-        self.slab_word(address) & CLASS_WORD_MASK
+        class_word_of(self.slab_word(address))
     }
 
     /// The class word of `slab`, as its descriptor holds it.
     pub(crate) fn slab_class_word(slab: &Slab) -> u32 {
-        slab.word.load(Ordering::Relaxed) & CLASS_WORD_MASK
+        class_word_of(slab.word.load(Ordering::Relaxed))
     }
 
     /// The home of `slab` (index + 1, 0 for none), as its descriptor holds it.
     pub(crate) fn slab_home(slab: &Slab) -> u32 {
-        slab.word.load(Ordering::Relaxed) >> HOME_SHIFT
+        home_of(slab.word.load(Ordering::Relaxed))
     }
 
     /// Sets the class word (class + 1, or 0 for none) of `slab`, a slab this heap mapped, with
@@ -298,7 +317,7 @@ impl PageHeap {
     /// of its blocks, when it moves to another home, or after the last block came back.
     pub(crate) fn set_word(&self, slab: &Slab, class_word: u32, home: u32) {
         debug_assert!(class_word as usize <= CLASSES && home <= HOMED_INDICES);
-        let word = class_word | home << HOME_SHIFT;
+        let word = slab_word_of(class_word, home);
         slab.word.store(word, Ordering::Relaxed);
         if let Some(entry) = self.class_entry(slab.base.load(Ordering::Relaxed)) {
             entry.store(word as u16, Ordering::Relaxed);
@@ -593,7 +612,7 @@ pub(super) mod tests {
             assert_eq!(map.slab_word(base), 0, "nothing before it is published");
             // SAFETY: once, and `pages` outlives `map`.
             unsafe { map.publish(&pages) };
-            let expected = if class_map { 5 | 2 << HOME_SHIFT } else { 0 };
+            let expected = if class_map { slab_word_of(5, 2) } else { 0 };
             assert_eq!(u32::from(map.slab_word(base + 100)), expected);
             assert_eq!(
                 map.slab_word(base + SLAB_SIZE),
@@ -614,13 +633,13 @@ pub(super) mod tests {
             let slab = pages.take().expect("memory");
             let base = slab.base.load(Ordering::Relaxed);
             pages.set_word(slab, 3, HOMED_INDICES);
-            assert_eq!(pages.slab_word(base + 100), 3 | HOMED_INDICES << HOME_SHIFT);
+            assert_eq!(pages.slab_word(base + 100), slab_word_of(3, HOMED_INDICES));
             assert_eq!(pages.class_word(base + 100), 3);
             assert_eq!(PageHeap::slab_class_word(slab), 3);
             assert_eq!(PageHeap::slab_home(slab), HOMED_INDICES);
             // Moving home keeps the class.
             pages.set_word(slab, 3, 1);
-            assert_eq!(pages.slab_word(base), 3 | 1 << HOME_SHIFT);
+            assert_eq!(pages.slab_word(base), slab_word_of(3, 1));
             assert_eq!(PageHeap::slab_home(slab), 1);
             pages.give(slab);
             assert_eq!(pages.slab_word(base), 0);
