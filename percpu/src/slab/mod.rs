@@ -329,6 +329,10 @@ impl PerCpuAlloc {
     /// knows it never unwinds: a C `free` built on [`Self::free`] then needs no landing pad and
     /// ends in a tail call, with no stack frame of its own.
     ///
+    /// Where there is no class map (under a finite `RLIMIT_AS`, see `pages.rs`), every small
+    /// block comes here: the slab descriptors give its class, and the cache's push is tried
+    /// once more before the freelist's own path (`larson` took 1.27× the time without it).
+    ///
     /// # Safety
     /// As for [`Self::free`].
     #[cold]
@@ -337,10 +341,21 @@ impl PerCpuAlloc {
         let (Some(heap), Some(nonnull)) = (self.heap_if_ready(), NonNull::new(block)) else {
             return;
         };
-        match heap.class_and_home(block) {
-            Some((class, home)) => heap.free_homed(class, nonnull, home),
-            None => heap.large.free(block),
+        let Some((class, home)) = heap.class_and_home(block) else {
+            return heap.large.free(block);
+        };
+        if let Some((seq, index)) = rseq_path_if_registered()
+            // SAFETY: every class is a list of the arena the direct table is published with (an
+            // unpublished one admits nothing), and every homed class of the remote table's.
+            && unsafe {
+                self.fast
+                    .direct
+                    .push_homed_with(seq, index, class, nonnull, home, &self.fast.remote)
+            }
+        {
+            return;
         }
+        heap.free_homed(class, nonnull, home);
     }
 
     /// Resizes `block` knowing only its address (as C's `realloc` does): in place when the new
