@@ -26,7 +26,7 @@ use super::central::Central;
 use super::class::{CLASSES, SIZES};
 use super::large::Large;
 use super::lock::SpinLock;
-use super::pages::{HOMED_INDICES, PageHeap, class_word_of, home_of};
+use super::pages::{HOMED_INDICES, PageHeap, class_and_home_of, home_of};
 use super::stats::{AllocStats, ClassStats};
 use crate::freelist::{Backing, CacheArena, DirectCaches, MAX_CHAIN, OpCounterArena, RawFreeList};
 
@@ -348,8 +348,7 @@ impl Heap {
     #[inline(always)]
     pub(crate) fn class_and_home(&self, block: *const u8) -> Option<(usize, u32)> {
         let word = self.pages.slab_word(block as usize);
-        let class = class_word_of(word);
-        (class != 0).then(|| (class as usize - 1, home_of(word)))
+        class_and_home_of(word)
     }
 
     /// The size class of `block` when it is a slab block; `None` for large blocks.

@@ -61,7 +61,8 @@ use class::{
 };
 use heap::{ALIAS_GAP, Heap};
 use lock::SpinLock;
-use pages::{ClassMapRef, class_word_of, home_of};
+use pages::{ClassMapRef, class_and_home_of};
+use rseq_sys::{Index, Sequences};
 
 /// Number of size classes ([`AllocStats::classes`] has one entry each).
 pub const SIZE_CLASSES: usize = CLASSES;
@@ -297,8 +298,7 @@ impl PerCpuAlloc {
         // A block homed at another index (see `heap`'s docs) goes into the remote buffer.
         // Spelled out, with no closures: the compiler would not inline them.
         let word = u32::from(self.fast.class_map.slab_word(block as usize));
-        if class_word_of(word) != 0 {
-            let (class, home) = (class_word_of(word) as usize - 1, home_of(word));
+        if let Some((class, home)) = class_and_home_of(word) {
             // SAFETY: a block with a class is a slab block, never null.
             let slab_block = unsafe { NonNull::new_unchecked(block) };
             let Some((seq, index)) = rseq_path_if_registered() else {
@@ -306,18 +306,8 @@ impl PerCpuAlloc {
                 // look it up again. Decided before the sequence, so nothing has to survive it.
                 return free_small_slow(self, class, slab_block, home);
             };
-            // SAFETY: the class map is published, so the tables are: every class is a list of
-            // the direct table's arena, and every homed class of the remote table's.
-            if unsafe {
-                self.fast.direct.push_homed_with(
-                    seq,
-                    index,
-                    class,
-                    slab_block,
-                    home,
-                    &self.fast.remote,
-                )
-            } {
+            // SAFETY: class and home come from the block's slab word.
+            if unsafe { self.try_push_slab_block(seq, index, class, slab_block, home) } {
                 return;
             }
         }
@@ -345,17 +335,37 @@ impl PerCpuAlloc {
             return heap.large.free(block);
         };
         if let Some((seq, index)) = rseq_path_if_registered()
-            // SAFETY: every class is a list of the arena the direct table is published with (an
-            // unpublished one admits nothing), and every homed class of the remote table's.
-            && unsafe {
-                self.fast
-                    .direct
-                    .push_homed_with(seq, index, class, nonnull, home, &self.fast.remote)
-            }
+            // SAFETY: class and home come from the block's slab word.
+            && unsafe { self.try_push_slab_block(seq, index, class, nonnull, home) }
         {
             return;
         }
         heap.free_homed(class, nonnull, home);
+    }
+
+    /// One attempt to push `block`, of size class `class` and home `home`, into this CPU's
+    /// cache (or its remote buffer, for a block homed at another index): `false`, with nothing
+    /// done, when that takes more.
+    ///
+    /// # Safety
+    /// `class` and `home` come from the word of `block`'s slab.
+    #[inline(always)]
+    unsafe fn try_push_slab_block(
+        &self,
+        seq: Sequences,
+        index: Index,
+        class: usize,
+        block: NonNull<u8>,
+        home: u32,
+    ) -> bool {
+        // SAFETY: every class is a list of the arena the direct table is published with (an
+        // unpublished one admits nothing), and every class with homes of the remote table's:
+        // only their slabs have one.
+        unsafe {
+            self.fast
+                .direct
+                .push_homed_with(seq, index, class, block, home, &self.fast.remote)
+        }
     }
 
     /// Resizes `block` knowing only its address (as C's `realloc` does): in place when the new

@@ -67,6 +67,16 @@ pub(crate) const fn class_word_of(word: u32) -> u32 {
 pub(crate) const fn home_of(word: u32) -> u32 {
     word & HOME_MASK
 }
+
+/// The size class and home (index + 1, or 0) in a slab's word; `None` for a slab that serves
+/// no class (or no slab: a word of 0).
+#[inline(always)]
+pub(crate) const fn class_and_home_of(word: u32) -> Option<(usize, u32)> {
+    match class_word_of(word) {
+        0 => None,
+        class_word => Some((class_word as usize - 1, home_of(word))),
+    }
+}
 /// Empty slabs kept resident for quick reuse (16 MiB); beyond these, empty slabs go back to the
 /// kernel. With 16, a program that builds and frees a 12 MiB structure over and over spent a
 /// third of its time faulting the same pages back in; `trim()` releases them all.
