@@ -11,6 +11,8 @@
 //! - [`cpu`]: [`current_cpu`], [`current_node`], [`current_mm_cid`], [`possible_cpus`], and for
 //!   threads without rseq [`cpu_hint`] (`sched_getcpu` once every 64 calls).
 //! - [`fence`]: [`fence_all_cpus`], to take per-CPU data away from in-flight sequences.
+//! - [`memo`]: [`current_with_memo`], a per-thread memo of one value derived from the index, so
+//!   that a fast path need not derive it on every call.
 //! - [`seq`]: [`Sequences`], one interface over the per-architecture asm (x86_64 and aarch64;
 //!   elsewhere [`HAS_SEQUENCES`] is false and [`Current::sequences`] is `None`).
 //!
@@ -42,6 +44,7 @@
 pub mod abi;
 pub mod cpu;
 pub mod fence;
+pub mod memo;
 pub mod registration;
 pub mod seq;
 mod thread_block;
@@ -71,6 +74,7 @@ pub use cpu::{
     sched_getcpu,
 };
 pub use fence::{FenceError, FenceMethod, fence_all_cpus, membarrier_available};
+pub use memo::{Memo, MemoTag, NO_MEMO_TAG, NoMemo, current_with_memo};
 pub use registration::{
     Current, Owner, Status, Unavailable, UnregisterError, current, current_if_registered,
     feature_align, feature_size, glibc_rseq_size, kernel_size, status, unregister_current_thread,

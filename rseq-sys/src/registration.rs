@@ -330,7 +330,7 @@ pub fn current_if_registered() -> Option<Current> {
 impl Current {
     /// The registration a thread block holds, whose area is `area` (non-null).
     #[inline(always)]
-    fn from_block(area: NonNull<Rseq>, t: thread_block::Snapshot) -> Current {
+    pub(crate) fn from_block(area: NonNull<Rseq>, t: thread_block::Snapshot) -> Current {
         Current {
             area,
             // SAFETY: the block's best field is non-null while its area is (`ThreadBlock::set`).

@@ -717,6 +717,12 @@ fn child_failed_registration_is_remembered() {
     let known = || crate::thread_block::read().known_unavailable();
     assert!(current().is_none());
     assert!(known(), "the failure is in the block");
+    let tag = crate::MemoTag::new().unwrap().get();
+    assert_eq!(
+        crate::current_with_memo(tag).err(),
+        Some(crate::NoMemo::Unregistered),
+        "and no memo answers"
+    );
     assert!(current().is_none());
     let status = crate::status();
     assert_eq!(status.reason, Some(crate::Unavailable::Errno(libc::ENOSYS)));

@@ -29,7 +29,7 @@ use crate::abi::Rseq;
 use crate::registration::Owner;
 
 /// A thread's registration as the fast path reads it. Written only by its own thread.
-#[repr(C, align(16))]
+#[repr(C, align(64))]
 pub(crate) struct ThreadBlock {
     /// The registered area; null while the thread has none.
     area: Cell<*mut Rseq>,
@@ -47,12 +47,20 @@ pub(crate) struct ThreadBlock {
     /// `sched_getcpu` is asked again (0: ask now).
     cpu_hint: Cell<u32>,
     hint_uses: Cell<u32>,
+    /// The memo (see [`crate::memo`]): the raw tag of the client that wrote it last (0: none;
+    /// never non-zero while `area` is null), the index it was computed for, and its value.
+    memo_tag: Cell<u32>,
+    memo_index: Cell<u32>,
+    memo_value: Cell<usize>,
 }
 
-// The assembly reserves 32 bytes aligned to 16 (the fast path reads the first 16: the area and
-// its best field).
-const _: () = assert!(core::mem::size_of::<ThreadBlock>() == 32);
-const _: () = assert!(core::mem::align_of::<ThreadBlock>() == 16);
+// The assembly reserves a cache line (a fast path reads the first 16 bytes, the area and its best
+// field, and a memo's the 16 from 32 as well): aligned to it, so that every read touches one.
+const _: () = assert!(core::mem::size_of::<ThreadBlock>() == 64);
+const _: () = assert!(core::mem::offset_of!(ThreadBlock, memo_tag) == 32);
+const _: () = assert!(core::mem::offset_of!(ThreadBlock, memo_index) == 36);
+const _: () = assert!(core::mem::offset_of!(ThreadBlock, memo_value) == 40);
+const _: () = assert!(core::mem::align_of::<ThreadBlock>() == 64);
 
 /// Calls of [`crate::cpu_hint`] that one `sched_getcpu` answers.
 pub(crate) const CPU_HINT_USES: u32 = 64;
@@ -87,7 +95,8 @@ impl ThreadBlock {
     }
 
     /// Publishes a registration (the area last, so a non-null area implies the rest), whose
-    /// field `best` names is at `best_field`.
+    /// field `best` names is at `best_field`. Forgets the memo, which belonged to the registration
+    /// before.
     pub(crate) fn set(
         &self,
         area: *mut Rseq,
@@ -101,7 +110,36 @@ impl ThreadBlock {
         self.kernel_size.set(kernel_size);
         self.best.set(best as u8);
         self.owner.set(owner as u8);
+        self.memo_tag.set(0);
         self.area.set(area);
+    }
+
+    /// Writes the memo, if the thread's registration is still `area` (a memo is only ever kept
+    /// beside the registration it was made under).
+    pub(crate) fn remember(&self, area: *mut Rseq, tag: u32, index: u32, value: usize) {
+        if self.area.get() == area && !area.is_null() {
+            self.memo_index.set(index);
+            self.memo_value.set(value);
+            self.memo_tag.set(tag);
+        }
+    }
+
+    /// The memo's raw tag, index and value (tag 0: none).
+    #[cfg_attr(
+        all(
+            target_arch = "x86_64",
+            target_os = "linux",
+            target_env = "gnu",
+            not(rseq_sys_no_sequences)
+        ),
+        allow(dead_code)
+    )]
+    fn memo(&self) -> Memo {
+        Memo {
+            tag: self.memo_tag.get(),
+            index: self.memo_index.get(),
+            value: self.memo_value.get(),
+        }
     }
 
     // Unused on x86_64 glibc outside tests: there `read` is assembly.
@@ -123,6 +161,14 @@ impl ThreadBlock {
             owner: self.owner.get(),
         }
     }
+}
+
+/// The block's memo, as [`read_with_memo`] returns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Memo {
+    pub(crate) tag: u32,
+    pub(crate) index: u32,
+    pub(crate) value: usize,
 }
 
 /// The block's contents, as [`read`] returns them.
@@ -180,6 +226,18 @@ pub(crate) fn read() -> Snapshot {
     with(ThreadBlock::snapshot)
 }
 
+/// [`read`], and the memo.
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu",
+    not(rseq_sys_no_sequences)
+)))]
+#[inline(always)]
+pub(crate) fn read_with_memo() -> (Snapshot, Memo) {
+    with(|b| (b.snapshot(), b.memo()))
+}
+
 /// Runs `f` on this thread's block.
 #[inline(always)]
 pub(crate) fn with<R>(f: impl FnOnce(&ThreadBlock) -> R) -> R {
@@ -215,18 +273,51 @@ mod in_assembly {
         };
     }
 
-    // 32 zero bytes of thread-local storage (`"awT"`, `@nobits`: .tbss, zeroed per thread).
+    // 64 zero bytes of thread-local storage (`"awT"`, `@nobits`: .tbss, zeroed per thread).
     core::arch::global_asm!(
         concat!(".pushsection .tbss.", block_symbol!(), ",\"awT\",@nobits"),
-        ".balign 16",
+        ".balign 64",
         concat!(".weak ", block_symbol!()),
         concat!(".hidden ", block_symbol!()),
         concat!(".type ", block_symbol!(), ",@object"),
-        concat!(".size ", block_symbol!(), ",32"),
+        concat!(".size ", block_symbol!(), ",64"),
         concat!(block_symbol!(), ":"),
-        ".zero 32",
+        ".zero 64",
         ".popsection",
     );
+
+    /// The memo tags' counter's symbol: shared as the block is (the tags name memos in it).
+    macro_rules! memo_tags_symbol {
+        () => {
+            concat!(block_symbol!(), "_memo_tags")
+        };
+    }
+
+    // 4 zero bytes of process-wide storage (`.bss`).
+    core::arch::global_asm!(
+        concat!(".pushsection .bss.", memo_tags_symbol!(), ",\"aw\",@nobits"),
+        ".balign 4",
+        concat!(".weak ", memo_tags_symbol!()),
+        concat!(".hidden ", memo_tags_symbol!()),
+        concat!(".type ", memo_tags_symbol!(), ",@object"),
+        concat!(".size ", memo_tags_symbol!(), ",4"),
+        concat!(memo_tags_symbol!(), ":"),
+        ".zero 4",
+        ".popsection",
+    );
+
+    unsafe extern "C" {
+        #[link_name = memo_tags_symbol!()]
+        static MEMO_TAGS: core::sync::atomic::AtomicU32;
+    }
+
+    /// The last memo tag handed out (0: none yet), for every copy of this crate that shares the
+    /// block.
+    pub(crate) fn memo_tags() -> &'static core::sync::atomic::AtomicU32 {
+        // SAFETY: four zeroed, aligned bytes defined above (one definition per object, weak),
+        // only ever accessed atomically: a valid `AtomicU32` for the program's whole run.
+        unsafe { &MEMO_TAGS }
+    }
 
     /// x86_64: `asm!` with the block's offset from the thread pointer in %rax, then the
     /// instructions and operands given (which must name %rax).
@@ -301,7 +392,13 @@ mod in_assembly {
                 out("rax") _,
             );
         }
-        // The third word, little-endian: kernel_size, best, owner (see `ThreadBlock`).
+        snapshot(area, best_field, rest)
+    }
+
+    /// The block's third word, little-endian: kernel_size, best, owner (see `ThreadBlock`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn snapshot(area: usize, best_field: usize, rest: u64) -> super::Snapshot {
         super::Snapshot {
             area: area as *mut super::Rseq,
             best_field: best_field as *const u32,
@@ -309,6 +406,44 @@ mod in_assembly {
             best: (rest >> 32) as u8,
             owner: (rest >> 40) as u8,
         }
+    }
+
+    /// [`read`], and the memo: in one block with the first two words, so that a memo's fast
+    /// path finds the block's offset once.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) fn read_with_memo() -> (super::Snapshot, super::Memo) {
+        let (area, best_field, tag_and_index, value, rest): (usize, usize, u64, usize, u64);
+        // SAFETY: as in `read`, for the memo's words too (offsets 32 and 40: see `ThreadBlock`).
+        // The tag and index in one load: one register fewer while the tag is compared (a
+        // caller's fast path may then need no stack frame).
+        unsafe {
+            asm_with_block_offset!(
+                "movq %fs:(%rax), {area}",
+                "movq %fs:8(%rax), {best_field}",
+                "movq %fs:32(%rax), {tag_and_index}",
+                "movq %fs:40(%rax), {value}";
+                area = out(reg) area,
+                best_field = out(reg) best_field,
+                tag_and_index = out(reg) tag_and_index,
+                value = out(reg) value,
+                out("rax") _,
+            );
+        }
+        // Little-endian: the tag at 32, the index at 36.
+        let (tag, index) = (tag_and_index as u32, (tag_and_index >> 32) as u32);
+        // SAFETY: as in `read`, for the third word.
+        unsafe {
+            asm_with_block_offset!(
+                "movq %fs:16(%rax), {rest}";
+                rest = out(reg) rest,
+                out("rax") _,
+            );
+        }
+        (
+            snapshot(area, best_field, rest),
+            super::Memo { tag, index, value },
+        )
     }
 
     /// This thread's block: the thread pointer plus the block's offset from it.
@@ -364,12 +499,32 @@ mod in_assembly {
 ))]
 use in_assembly::block;
 #[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    target_env = "gnu",
+    not(rseq_sys_no_sequences)
+))]
+pub(crate) use in_assembly::memo_tags;
+#[cfg(all(
     target_arch = "x86_64",
     target_os = "linux",
     target_env = "gnu",
     not(rseq_sys_no_sequences)
 ))]
-pub(crate) use in_assembly::read;
+pub(crate) use in_assembly::{read, read_with_memo};
+
+/// The last memo tag handed out (0: none yet). Each copy of this crate has its own, as it has its
+/// own `thread_local!` block.
+#[cfg(not(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    target_env = "gnu",
+    not(rseq_sys_no_sequences)
+)))]
+pub(crate) fn memo_tags() -> &'static core::sync::atomic::AtomicU32 {
+    static MEMO_TAGS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+    &MEMO_TAGS
+}
 
 /// This thread's block, from a `thread_local!`.
 #[cfg(not(all(
@@ -390,6 +545,9 @@ fn block() -> *mut ThreadBlock {
                 owner: Cell::new(0),
                 cpu_hint: Cell::new(0),
                 hint_uses: Cell::new(0),
+                memo_tag: Cell::new(0),
+                memo_index: Cell::new(0),
+                memo_value: Cell::new(0),
             }
         };
     }
@@ -399,6 +557,50 @@ fn block() -> *mut ThreadBlock {
 #[cfg(test)]
 mod tests {
     use std::sync::Barrier;
+
+    use super::{Memo, ThreadBlock};
+
+    /// A memo is written only beside the registration it names, and a new registration (or
+    /// its loss) forgets it.
+    #[test]
+    fn a_memo_lives_exactly_as_long_as_its_registration() {
+        // A block of our own: the thread's real one serves its registration.
+        // SAFETY: all zeroes is a valid block (null pointers, zero integers), as in `.tbss`.
+        let block: ThreadBlock = unsafe { core::mem::zeroed() };
+        let (area, other) = (0x1000 as *mut super::Rseq, 0x2000 as *mut super::Rseq);
+        let memo = |tag, index, value| Memo { tag, index, value };
+        block.remember(area, 3, 1, 2);
+        assert_eq!(block.memo().tag, 0, "no registration: no memo");
+        let field = |area: *mut super::Rseq| area.wrapping_byte_add(4).cast::<u32>().cast_const();
+        block.set(
+            area,
+            field(area),
+            32,
+            crate::Index::CpuId,
+            crate::Owner::Own,
+        );
+        block.remember(other, 3, 1, 2);
+        assert_eq!(block.memo().tag, 0, "another registration's memo");
+        block.remember(area, 3, 1, 2);
+        assert_eq!(block.memo(), memo(3, 1, 2));
+        block.set(
+            other,
+            field(other),
+            32,
+            crate::Index::CpuId,
+            crate::Owner::Own,
+        );
+        assert_eq!(block.memo().tag, 0, "a new registration forgets it");
+        block.remember(other, 4, 5, 6);
+        block.set(
+            core::ptr::null_mut(),
+            core::ptr::null(),
+            0,
+            crate::Index::CpuId,
+            crate::Owner::None,
+        );
+        assert_eq!(block.memo().tag, 0, "so does losing it");
+    }
 
     /// Each live thread has a block of its own, holding its own registration: with glibc's,
     /// exactly the area at the thread pointer plus `__rseq_offset`.
@@ -410,7 +612,18 @@ mod tests {
             let current = crate::current();
             let (block, area) =
                 super::with(|b| (core::ptr::from_ref(b) as usize, b.area.get() as usize));
-            // What the fast path reads is what the block holds, field by field.
+            // What the fast path reads is what the block holds, field by field, its memo too
+            // (a distinct one per thread).
+            if let Some(current) = current {
+                let tag = crate::MemoTag::new().unwrap();
+                current.remember(tag, tag.get() + 1, tag.get() as usize + 2);
+                let (snapshot, memo) = super::read_with_memo();
+                assert_eq!(memo, super::with(super::ThreadBlock::memo));
+                assert_eq!((memo.tag, memo.index), (tag.get(), tag.get() + 1));
+                assert_eq!(memo.value, tag.get() as usize + 2);
+                assert_eq!(snapshot.area, current.area().as_ptr());
+                assert_eq!(snapshot.best_field, super::read().best_field);
+            }
             let (read, held) = (super::read(), super::with(super::ThreadBlock::snapshot));
             let fields =
                 |s: super::Snapshot| (s.area, s.best_field, s.kernel_size, s.best, s.owner);
