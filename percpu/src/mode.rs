@@ -7,7 +7,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use rseq_sys::{Index, Sequences, Unavailable};
+use rseq_sys::{Index, Memo, NoMemo, Sequences, Unavailable};
 
 /// The path the current thread's per-CPU operations take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +83,18 @@ pub(crate) fn rseq_path() -> Option<(Sequences, Index)> {
 pub(crate) fn rseq_path_if_registered() -> Option<(Sequences, Index)> {
     let current = rseq_sys::current_if_registered()?;
     Some((current.sequences()?, current.best_index()))
+}
+
+/// [`rseq_path_if_registered`] with the memo the thread keeps for raw tag `tag` (see
+/// [`rseq_sys::memo`]), or why there is none (a thread with a memo always has sequences: it
+/// was written with them).
+#[inline(always)]
+pub(crate) fn rseq_path_remembered(tag: u32) -> Result<(Sequences, Index, Memo), NoMemo> {
+    let (current, memo) = rseq_sys::current_with_memo(tag)?;
+    match current.sequences() {
+        Some(seq) => Ok((seq, current.best_index(), memo)),
+        None => Err(NoMemo::Unregistered),
+    }
 }
 
 const FORCE_UNKNOWN: u8 = 0;

@@ -347,8 +347,13 @@ impl Heap {
     /// slab's home (index + 1, or 0).
     #[inline(always)]
     pub(crate) fn class_and_home(&self, block: *const u8) -> Option<(usize, u32)> {
-        let word = self.pages.slab_word(block as usize);
-        class_and_home_of(word)
+        class_and_home_of(self.slab_word(block))
+    }
+
+    /// The word of `block`'s slab (see `pages.rs`): 0 for a large block.
+    #[inline(always)]
+    pub(crate) fn slab_word(&self, block: *const u8) -> u32 {
+        self.pages.slab_word(block as usize)
     }
 
     /// The size class of `block` when it is a slab block; `None` for large blocks.

@@ -55,14 +55,13 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 use crate::freelist::DirectCaches;
-use crate::mode::rseq_path_if_registered;
 use class::{
     CLASSES, MAX_SMALL, SIZES, TABLE_MAX, class_by_table, class_for, class_of_small, keeps_block,
 };
 use heap::{ALIAS_GAP, Heap};
 use lock::SpinLock;
 use pages::{ClassMapRef, class_and_home_of};
-use rseq_sys::{Index, Sequences};
+use rseq_sys::NoMemo;
 
 /// Number of size classes ([`AllocStats::classes`] has one entry each).
 pub const SIZE_CLASSES: usize = CLASSES;
@@ -268,8 +267,13 @@ impl PerCpuAlloc {
     /// `size` bytes aligned to 16, as C's `malloc` asks (a `size` of 0 gets the smallest
     /// block); null when out of memory. The counterpart of [`Self::free`]: it takes no `Layout`.
     /// A C `malloc` tries [`Self::try_alloc_fast`] first (inline, with no stack frame) before
-    /// calling this. Threads without rseq come here for every block.
+    /// calling this, which then makes no attempt of its own for the sizes that one covers (the
+    /// heap's own path tries the cache again before refilling it). Threads without rseq come
+    /// here for every block.
     pub fn alloc_by_size(&self, size: usize) -> *mut u8 {
+        if size <= TABLE_MAX {
+            return self.alloc_small_past_fast(class_by_table(size));
+        }
         if size <= MAX_SMALL {
             return self.alloc_small(class_of_small(size));
         }
@@ -287,29 +291,27 @@ impl PerCpuAlloc {
     /// # Safety
     /// `block` was returned by this allocator and not freed, or is null (then nothing happens).
     // Inline, always: a C `free` built on this (percpu-malloc) would otherwise reach it through
-    // a jump at best (the GOT at worst), and with two push sequences in it (the cache's, and the
-    // remote buffer's for a block homed elsewhere) the compiler stops inlining it by itself.
+    // a jump at best (the GOT at worst).
     #[inline(always)]
     pub unsafe fn free(&self, block: *mut u8) {
         // The common case in one attempt with no call in it (so no stack frame); anything else
         // starts over out of line.
         // Null needs no test of its own: no slab holds address 0 (the page heap refuses a chunk
         // there), so it has no class and goes to the slow path, which ignores it.
-        // A block homed at another index (see `heap`'s docs) goes into the remote buffer.
-        // Spelled out, with no closures: the compiler would not inline them.
+        // A block homed at another index (see `heap`'s docs) goes into the remote buffer, on
+        // the slow path. Spelled out, with no closures: the compiler would not inline them.
         let word = u32::from(self.fast.class_map.slab_word(block as usize));
         if let Some((class, home)) = class_and_home_of(word) {
             // SAFETY: a block with a class is a slab block, never null.
             let slab_block = unsafe { NonNull::new_unchecked(block) };
-            let Some((seq, index)) = rseq_path_if_registered() else {
-                // No sequences (yet, or ever): the class is known, so the slow path need not
-                // look it up again. Decided before the sequence, so nothing has to survive it.
-                return free_small_slow(self, class, slab_block, home);
+            // The class is known, so the slow paths need not look it up again (they get the
+            // word: one register, where the class and home take two across the attempt).
+            // SAFETY: every class is a list of the arena the direct table is published with.
+            return match unsafe { self.fast.direct.push_at_home(class, slab_block, home) } {
+                Ok(true) => {}
+                Ok(false) | Err(NoMemo::Forgotten) => free_small_retrying(self, word, slab_block),
+                Err(NoMemo::Unregistered) => free_small_unregistered(self, word, slab_block),
             };
-            // SAFETY: class and home come from the block's slab word.
-            if unsafe { self.try_push_slab_block(seq, index, class, slab_block, home) } {
-                return;
-            }
         }
         // SAFETY: the caller's contract; the attempt above did nothing.
         unsafe { self.free_slow(block) }
@@ -320,8 +322,9 @@ impl PerCpuAlloc {
     /// ends in a tail call, with no stack frame of its own.
     ///
     /// Where there is no class map (under a finite `RLIMIT_AS`, see `pages.rs`), every small
-    /// block comes here: the slab descriptors give its class, and the cache's push is tried
-    /// once more before the freelist's own path (`larson` took 1.27× the time without it).
+    /// block comes here: the slab descriptors give its class, and [`free_small_slow`] tries the
+    /// cache's push once more before the freelist's own path (`larson` took 1.27× the time
+    /// without that).
     ///
     /// # Safety
     /// As for [`Self::free`].
@@ -331,16 +334,11 @@ impl PerCpuAlloc {
         let (Some(heap), Some(nonnull)) = (self.heap_if_ready(), NonNull::new(block)) else {
             return;
         };
-        let Some((class, home)) = heap.class_and_home(block) else {
+        let word = heap.slab_word(block);
+        if class_and_home_of(word).is_none() {
             return heap.large.free(block);
-        };
-        if let Some((seq, index)) = rseq_path_if_registered()
-            // SAFETY: class and home come from the block's slab word.
-            && unsafe { self.try_push_slab_block(seq, index, class, nonnull, home) }
-        {
-            return;
         }
-        heap.free_homed(class, nonnull, home);
+        free_small_slow(self, word, nonnull);
     }
 
     /// One attempt to push `block`, of size class `class` and home `home`, into this CPU's
@@ -350,21 +348,14 @@ impl PerCpuAlloc {
     /// # Safety
     /// `class` and `home` come from the word of `block`'s slab.
     #[inline(always)]
-    unsafe fn try_push_slab_block(
-        &self,
-        seq: Sequences,
-        index: Index,
-        class: usize,
-        block: NonNull<u8>,
-        home: u32,
-    ) -> bool {
+    unsafe fn try_push_slab_block(&self, class: usize, block: NonNull<u8>, home: u32) -> bool {
         // SAFETY: every class is a list of the arena the direct table is published with (an
         // unpublished one admits nothing), and every class with homes of the remote table's:
         // only their slabs have one.
         unsafe {
             self.fast
                 .direct
-                .push_homed_with(seq, index, class, block, home, &self.fast.remote)
+                .push_homed_with(class, block, home, &self.fast.remote)
         }
     }
 
@@ -441,6 +432,15 @@ impl PerCpuAlloc {
         if let Some(block) = unsafe { self.fast.direct.try_pop(class) } {
             return block.as_ptr();
         }
+        self.alloc_small_past_fast(class)
+    }
+
+    /// [`Self::alloc_small`] after its attempt: through the heap, which tries the cache again
+    /// (by the index, not the memo) before it refills it.
+    #[inline(always)]
+    fn alloc_small_past_fast(&self, class: usize) -> *mut u8 {
+        // The attempt may have failed for want of a memo, or a stale one.
+        self.fast.direct.remember();
         match self.heap() {
             Some(heap) => heap.alloc_small_past_fast(class),
             None => ptr::null_mut(),
@@ -478,13 +478,52 @@ impl core::fmt::Debug for PerCpuAlloc {
     }
 }
 
-/// [`PerCpuAlloc::free`] of a slab block by a thread without sequences (every block, for threads
-/// without rseq). `extern "C"` (it never unwinds) and out of line, so that `free` ends in a tail
-/// call with no stack frame.
+/// [`PerCpuAlloc::free`] of a slab block, whose slab's word is `word` (one with a class), when
+/// the fast attempt could not be made or failed: [`free_small_retrying`] for a thread with rseq,
+/// [`free_small_unregistered`] for one without.
 #[inline(never)]
-extern "C" fn free_small_slow(alloc: &PerCpuAlloc, class: usize, block: NonNull<u8>, home: u32) {
-    // Always there: the class map that gave the class is published after the heap.
+extern "C" fn free_small_slow(alloc: &PerCpuAlloc, word: u32, block: NonNull<u8>) {
+    if rseq_sys::current_if_registered().is_some() {
+        free_small_retrying(alloc, word, block)
+    } else {
+        free_small_unregistered(alloc, word, block)
+    }
+}
+
+/// [`free_small_slow`] for a thread with rseq: the push into the remote buffer for a block homed
+/// elsewhere (which `free` leaves to this path, to keep its own short), else the memo refreshed
+/// (the attempt may have failed for want of one, or a stale one) and the push tried again, then
+/// the freelist's own path. `extern "C"` (it never unwinds) and out of line, so that `free` ends
+/// in a tail call with no stack frame.
+#[inline(never)]
+extern "C" fn free_small_retrying(alloc: &PerCpuAlloc, word: u32, block: NonNull<u8>) {
+    let Some((class, home)) = class_and_home_of(word) else {
+        return;
+    };
+    // A block homed at another index comes here with the memo intact: one attempt with it.
+    // SAFETY: class and home come from the block's slab word (the caller's).
+    if home != 0 && unsafe { alloc.try_push_slab_block(class, block, home) } {
+        return;
+    }
+    // Any other attempt failed for a full cache, or for want of a memo or a stale one: once
+    // that is mended, one more.
+    // SAFETY: as above.
+    if alloc.fast.direct.refresh_memo() && unsafe { alloc.try_push_slab_block(class, block, home) }
+    {
+        return;
+    }
+    // Always there: the class map or descriptors that gave the class are published after it.
     if let Some(heap) = alloc.heap_if_ready() {
+        heap.free_homed(class, block, home);
+    }
+}
+
+/// [`free_small_slow`] for a thread without rseq (none yet, or none at all): straight to the
+/// freelist, which registers the thread if it can. Threads without rseq come here for every
+/// block.
+#[inline(never)]
+extern "C" fn free_small_unregistered(alloc: &PerCpuAlloc, word: u32, block: NonNull<u8>) {
+    if let (Some((class, home)), Some(heap)) = (class_and_home_of(word), alloc.heap_if_ready()) {
         heap.free_homed(class, block, home);
     }
 }
@@ -540,6 +579,8 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
                 if unsafe { self.fast.direct.try_push(class, block) } {
                     return;
                 }
+                // As in `alloc_small`.
+                self.fast.direct.remember();
                 if let Some(heap) = self.heap_if_ready() {
                     heap.free_small_past_fast(class, block);
                 }

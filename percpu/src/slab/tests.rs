@@ -571,10 +571,14 @@ fn the_fast_attempt_takes_only_what_the_cache_holds() {
         return;
     }
     // The freed block sits in the cache of the CPU that freed it; an attempt from another CPU
-    // (after a migration) or an interrupted one finds nothing, so try a few times.
+    // (after a migration) or an interrupted one finds nothing, so try a few times, refreshing
+    // the thread's memo each time as the usual path would (a stale one fails every attempt).
     let before = a.stats().allocs();
     let block = (0..1000)
-        .find_map(|_| a.try_alloc_fast(64))
+        .find_map(|_| {
+            a.fast.direct.remember();
+            a.try_alloc_fast(64)
+        })
         .expect("the cached block");
     assert_eq!(
         a.stats().allocs(),
