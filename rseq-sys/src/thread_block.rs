@@ -123,17 +123,20 @@ impl ThreadBlock {
             self.memo_tag.set(tag);
         }
     }
+}
 
+// Unused on x86_64 glibc outside tests: there `read` and `read_with_memo` are assembly.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_env = "gnu",
+        not(rseq_sys_no_sequences)
+    ),
+    allow(dead_code)
+)]
+impl ThreadBlock {
     /// The memo's raw tag, index and value (tag 0: none).
-    #[cfg_attr(
-        all(
-            target_arch = "x86_64",
-            target_os = "linux",
-            target_env = "gnu",
-            not(rseq_sys_no_sequences)
-        ),
-        allow(dead_code)
-    )]
     fn memo(&self) -> Memo {
         Memo {
             tag: self.memo_tag.get(),
@@ -142,16 +145,6 @@ impl ThreadBlock {
         }
     }
 
-    // Unused on x86_64 glibc outside tests: there `read` is assembly.
-    #[cfg_attr(
-        all(
-            target_arch = "x86_64",
-            target_os = "linux",
-            target_env = "gnu",
-            not(rseq_sys_no_sequences)
-        ),
-        allow(dead_code)
-    )]
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             area: self.area.get(),
@@ -273,19 +266,6 @@ mod in_assembly {
         };
     }
 
-    // 64 zero bytes of thread-local storage (`"awT"`, `@nobits`: .tbss, zeroed per thread).
-    core::arch::global_asm!(
-        concat!(".pushsection .tbss.", block_symbol!(), ",\"awT\",@nobits"),
-        ".balign 64",
-        concat!(".weak ", block_symbol!()),
-        concat!(".hidden ", block_symbol!()),
-        concat!(".type ", block_symbol!(), ",@object"),
-        concat!(".size ", block_symbol!(), ",64"),
-        concat!(block_symbol!(), ":"),
-        ".zero 64",
-        ".popsection",
-    );
-
     /// The memo tags' counter's symbol: shared as the block is (the tags name memos in it).
     macro_rules! memo_tags_symbol {
         () => {
@@ -293,18 +273,35 @@ mod in_assembly {
         };
     }
 
-    // 4 zero bytes of process-wide storage (`.bss`).
-    core::arch::global_asm!(
-        concat!(".pushsection .bss.", memo_tags_symbol!(), ",\"aw\",@nobits"),
-        ".balign 4",
-        concat!(".weak ", memo_tags_symbol!()),
-        concat!(".hidden ", memo_tags_symbol!()),
-        concat!(".type ", memo_tags_symbol!(), ",@object"),
-        concat!(".size ", memo_tags_symbol!(), ",4"),
-        concat!(memo_tags_symbol!(), ":"),
-        ".zero 4",
-        ".popsection",
-    );
+    /// A weak, hidden object of `$size` zero bytes aligned to `$align`, named `$symbol`, in a
+    /// section of its own (`@nobits`: nothing in the file): `.tbss` with flags `"awT"` (a copy per
+    /// thread, zeroed when the thread starts) or `.bss` with `"aw"` (one per process).
+    macro_rules! weak_hidden_zeroes {
+        ($section:literal, $flags:literal, $symbol:expr, $align:literal, $size:literal) => {
+            core::arch::global_asm!(
+                concat!(
+                    ".pushsection ",
+                    $section,
+                    ".",
+                    $symbol,
+                    ",\"",
+                    $flags,
+                    "\",@nobits"
+                ),
+                concat!(".balign ", $align),
+                concat!(".weak ", $symbol),
+                concat!(".hidden ", $symbol),
+                concat!(".type ", $symbol, ",@object"),
+                concat!(".size ", $symbol, ",", $size),
+                concat!($symbol, ":"),
+                concat!(".zero ", $size),
+                ".popsection",
+            );
+        };
+    }
+
+    weak_hidden_zeroes!(".tbss", "awT", block_symbol!(), "64", "64");
+    weak_hidden_zeroes!(".bss", "aw", memo_tags_symbol!(), "4", "4");
 
     unsafe extern "C" {
         #[link_name = memo_tags_symbol!()]
