@@ -74,8 +74,8 @@ pub enum NoMemo {
 /// has a memo only while registered.
 #[inline(always)]
 pub fn current_with_memo(tag: u32) -> Result<(Current, Memo), NoMemo> {
-    let (t, memo) = thread_block::read_with_memo();
-    if memo.tag != tag {
+    let (t, memo_tag, memo) = thread_block::read_with_memo();
+    if memo_tag != tag {
         return Err(if t.area.is_null() {
             NoMemo::Unregistered
         } else {
@@ -87,13 +87,7 @@ pub fn current_with_memo(tag: u32) -> Result<(Current, Memo), NoMemo> {
     // `ThreadBlock::remember` writes it only beside a registration), and `tag` matched a tag
     // written there, which is never 0 (tags start at 1).
     let area = unsafe { NonNull::new_unchecked(t.area) };
-    Ok((
-        Current::from_block(area, t),
-        Memo {
-            index: memo.index,
-            value: memo.value,
-        },
-    ))
+    Ok((Current::from_block(area, t), memo))
 }
 
 impl Current {

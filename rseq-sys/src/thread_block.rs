@@ -26,6 +26,7 @@
 use core::cell::Cell;
 
 use crate::abi::Rseq;
+use crate::memo::Memo;
 use crate::registration::Owner;
 
 /// A thread's registration as the fast path reads it. Written only by its own thread.
@@ -136,13 +137,15 @@ impl ThreadBlock {
     allow(dead_code)
 )]
 impl ThreadBlock {
-    /// The memo's raw tag, index and value (tag 0: none).
-    fn memo(&self) -> Memo {
-        Memo {
-            tag: self.memo_tag.get(),
-            index: self.memo_index.get(),
-            value: self.memo_value.get(),
-        }
+    /// The memo's raw tag (0: none), and the memo.
+    fn memo(&self) -> (u32, Memo) {
+        (
+            self.memo_tag.get(),
+            Memo {
+                index: self.memo_index.get(),
+                value: self.memo_value.get(),
+            },
+        )
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -154,14 +157,6 @@ impl ThreadBlock {
             owner: self.owner.get(),
         }
     }
-}
-
-/// The block's memo, as [`read_with_memo`] returns it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Memo {
-    pub(crate) tag: u32,
-    pub(crate) index: u32,
-    pub(crate) value: usize,
 }
 
 /// The block's contents, as [`read`] returns them.
@@ -219,7 +214,7 @@ pub(crate) fn read() -> Snapshot {
     with(ThreadBlock::snapshot)
 }
 
-/// [`read`], and the memo.
+/// [`read`], and the memo's raw tag and the memo.
 #[cfg(not(all(
     target_arch = "x86_64",
     target_os = "linux",
@@ -227,8 +222,11 @@ pub(crate) fn read() -> Snapshot {
     not(rseq_sys_no_sequences)
 )))]
 #[inline(always)]
-pub(crate) fn read_with_memo() -> (Snapshot, Memo) {
-    with(|b| (b.snapshot(), b.memo()))
+pub(crate) fn read_with_memo() -> (Snapshot, u32, Memo) {
+    with(|b| {
+        let (tag, memo) = b.memo();
+        (b.snapshot(), tag, memo)
+    })
 }
 
 /// Runs `f` on this thread's block.
@@ -409,7 +407,7 @@ mod in_assembly {
     /// path finds the block's offset once.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    pub(crate) fn read_with_memo() -> (super::Snapshot, super::Memo) {
+    pub(crate) fn read_with_memo() -> (super::Snapshot, u32, super::Memo) {
         let (area, best_field, tag_and_index, value, rest): (usize, usize, u64, usize, u64);
         // SAFETY: as in `read`, for the memo's words too (offsets 32 and 40: see `ThreadBlock`).
         // The tag and index in one load: one register fewer while the tag is compared (a
@@ -439,7 +437,8 @@ mod in_assembly {
         }
         (
             snapshot(area, best_field, rest),
-            super::Memo { tag, index, value },
+            tag,
+            super::Memo { index, value },
         )
     }
 
@@ -565,9 +564,9 @@ mod tests {
         // SAFETY: all zeroes is a valid block (null pointers, zero integers), as in `.tbss`.
         let block: ThreadBlock = unsafe { core::mem::zeroed() };
         let (area, other) = (0x1000 as *mut super::Rseq, 0x2000 as *mut super::Rseq);
-        let memo = |tag, index, value| Memo { tag, index, value };
+        let memo = |tag, index, value| (tag, Memo { index, value });
         block.remember(area, 3, 1, 2);
-        assert_eq!(block.memo().tag, 0, "no registration: no memo");
+        assert_eq!(block.memo().0, 0, "no registration: no memo");
         let field = |area: *mut super::Rseq| area.wrapping_byte_add(4).cast::<u32>().cast_const();
         block.set(
             area,
@@ -577,7 +576,7 @@ mod tests {
             crate::Owner::Own,
         );
         block.remember(other, 3, 1, 2);
-        assert_eq!(block.memo().tag, 0, "another registration's memo");
+        assert_eq!(block.memo().0, 0, "another registration's memo");
         block.remember(area, 3, 1, 2);
         assert_eq!(block.memo(), memo(3, 1, 2));
         block.set(
@@ -587,7 +586,7 @@ mod tests {
             crate::Index::CpuId,
             crate::Owner::Own,
         );
-        assert_eq!(block.memo().tag, 0, "a new registration forgets it");
+        assert_eq!(block.memo().0, 0, "a new registration forgets it");
         block.remember(other, 4, 5, 6);
         block.set(
             core::ptr::null_mut(),
@@ -596,7 +595,7 @@ mod tests {
             crate::Index::CpuId,
             crate::Owner::None,
         );
-        assert_eq!(block.memo().tag, 0, "so does losing it");
+        assert_eq!(block.memo().0, 0, "so does losing it");
     }
 
     /// Each live thread has a block of its own, holding its own registration: with glibc's,
@@ -614,9 +613,9 @@ mod tests {
             if let Some(current) = current {
                 let tag = crate::MemoTag::new().unwrap();
                 current.remember(tag, tag.get() + 1, tag.get() as usize + 2);
-                let (snapshot, memo) = super::read_with_memo();
-                assert_eq!(memo, super::with(super::ThreadBlock::memo));
-                assert_eq!((memo.tag, memo.index), (tag.get(), tag.get() + 1));
+                let (snapshot, memo_tag, memo) = super::read_with_memo();
+                assert_eq!((memo_tag, memo), super::with(super::ThreadBlock::memo));
+                assert_eq!((memo_tag, memo.index), (tag.get(), tag.get() + 1));
                 assert_eq!(memo.value, tag.get() as usize + 2);
                 assert_eq!(snapshot.area, current.area().as_ptr());
                 assert_eq!(snapshot.best_field, super::read().best_field);
