@@ -296,6 +296,40 @@ impl Sequences {
         Outcome::from_code(code, ())
     }
 
+    /// [`Self::stack_push`] for a stack whose capacity is the word after its count word (its
+    /// limit), read inside the sequence: `if depth < count[1] { slots[depth] = value; depth += 1
+    /// }`. One instruction and one register fewer than loading the limit for `stack_push`, and
+    /// the push sees a limit changed up to the moment it starts. The limit word, like the count,
+    /// is only ever stored whole (an atomic store, or a plain aligned one under the lock bit).
+    ///
+    /// # Safety
+    /// As for [`Self::add`], for `count`, and for `slots[..limit]`, where `limit` is any value
+    /// `count.add(1)` (aligned, readable) holds while the sequence may run, at most
+    /// [`STACK_MAX_CAPACITY`].
+    #[inline(always)]
+    pub unsafe fn stack_push_limited(
+        self,
+        index: Index,
+        expected: u32,
+        count: *mut usize,
+        slots: *mut usize,
+        value: usize,
+    ) -> Outcome {
+        // SAFETY: forwarded contract.
+        let code = unsafe {
+            arch::stack_push_limited(
+                self._arch,
+                self.area(),
+                self.field(index),
+                expected,
+                count,
+                slots,
+                value,
+            )
+        };
+        Outcome::from_code(code, ())
+    }
+
     /// Array-stack pop: `if depth > 0 { depth -= 1; pops += 1; return slots[depth] }` in
     /// `*count`'s word ([`Outcome::CompareFailed`] when empty or locked, see
     /// [`Self::stack_push`]).

@@ -69,6 +69,12 @@ fn a_mismatched_index_aborts_without_storing() {
                 seq.stack_push(index, wrong, &mut count, slots.as_mut_ptr(), 4, 5),
                 Outcome::Aborted
             );
+            let mut limited = [0usize, 4];
+            assert_eq!(
+                seq.stack_push_limited(index, wrong, limited.as_mut_ptr(), slots.as_mut_ptr(), 5),
+                Outcome::Aborted
+            );
+            assert_eq!(limited, [0, 4]);
             let mut spec = 3usize;
             assert_eq!(
                 seq.compare_store_store(index, wrong, &mut word, 1, &mut spec, 4, 9),
@@ -224,6 +230,42 @@ fn stack_push_and_pop_respect_capacity_and_order() {
         });
         assert_eq!(r, Outcome::Committed(77));
         assert_eq!(count, (CAP + 1) << crate::STACK_POPS_SHIFT);
+    }
+}
+
+#[test]
+fn stack_push_limited_fills_to_the_limit_word_it_reads_in_the_sequence() {
+    const CAP: usize = 4;
+    for index in indexes() {
+        // The count word, then the limit word after it.
+        let mut words = [0usize, 2];
+        let mut slots = [0usize; CAP];
+        let (count, slots_at) = (words.as_mut_ptr(), slots.as_mut_ptr());
+        let push = |value| {
+            // SAFETY: locals only this thread touches; the limit word never exceeds CAP.
+            retry(index, |s, e| unsafe {
+                s.stack_push_limited(index, e, count, slots_at, value)
+            })
+        };
+        assert_eq!(push(10), Outcome::Committed(()));
+        assert_eq!(push(20), Outcome::Committed(()));
+        assert_eq!(push(30), Outcome::CompareFailed, "full at the limit, 2");
+        // SAFETY: the limit word, between sequences.
+        unsafe { count.add(1).write(CAP) };
+        assert_eq!(push(30), Outcome::Committed(()));
+        assert_eq!(push(40), Outcome::Committed(()));
+        assert_eq!(push(50), Outcome::CompareFailed, "full at the limit, CAP");
+        // A limit lowered below the depth refuses every push and takes nothing away.
+        // SAFETY: as above.
+        unsafe { count.add(1).write(1) };
+        assert_eq!(push(60), Outcome::CompareFailed);
+        assert_eq!((words, slots), ([CAP, 1], [10, 20, 30, 40]));
+        // The pops see the same stack.
+        // SAFETY: as above.
+        let r = retry(index, |s, e| unsafe {
+            s.stack_pop(index, e, count, slots_at)
+        });
+        assert_eq!(r, Outcome::Committed(40));
     }
 }
 
@@ -583,6 +625,13 @@ fn a_locked_stack_reads_as_full_and_empty() {
             (pushed, popped),
             (Outcome::CompareFailed, Outcome::CompareFailed)
         );
+        let mut limited = [count, 4];
+        // SAFETY: as above.
+        let pushed_limited = retry(index, |s, e| unsafe {
+            s.stack_push_limited(index, e, limited.as_mut_ptr(), slots.as_mut_ptr(), 99)
+        });
+        assert_eq!(pushed_limited, Outcome::CompareFailed);
+        assert_eq!(limited, [count, 4]);
         let zero = retry(index, |s, e| {
             // SAFETY: as above.
             let popped = unsafe { s.stack_try_pop(index, e, &mut count, slots.as_ptr()) };

@@ -330,20 +330,14 @@ impl DirectCaches {
         Some(self.cache_in(table.base + id as usize * table.stride, list))
     }
 
-    /// The limit word beside `count`, a count word [`Self::cache`] returned for `list`: how many
-    /// slots a push may fill now. Only pushes read it (an atomic load, which the compiler would
-    /// keep in a pop that ignores it).
-    #[inline(always)]
-    fn limit(&self, count: *mut usize, list: usize) -> usize {
+    /// Whether the limit word beside `count`, a count word [`Self::cache`] returned for `list`,
+    /// is within the list's capacity, as the pushes, which read it inside their sequences, need.
+    fn limit_within_capacity(&self, count: *mut usize, list: usize) -> bool {
         // SAFETY: the word after a count word is its limit word (the layout above), aligned,
-        // only ever accessed atomically.
+        // only ever accessed atomically (or by the sequences' plain loads).
         let limit = unsafe { AtomicUsize::from_ptr(count.add(1)) }.load(Ordering::Relaxed);
-        debug_assert!(
-            // SAFETY: as in `cache`.
-            limit <= (unsafe { (*self.table.get()).lists[list] } >> 32) as usize,
-            "limit {limit} past capacity"
-        );
-        limit
+        // SAFETY: as in `cache`.
+        limit <= (unsafe { (*self.table.get()).lists[list] } >> 32) as usize
     }
 
     /// One attempt to push `item` into list `list`'s rseq cache on this CPU, the sequence the
@@ -452,13 +446,16 @@ impl DirectCaches {
         slots: *mut usize,
         item: NonNull<u8>,
     ) -> bool {
-        let limit = self.limit(count, list);
-        // SAFETY: `count` and `slots[..limit]` are index `id`'s cache of a freelist (the
-        // table's contract; limits never exceed the capacity), written only by sequences on
-        // `id` or under its lock bit, which makes the push fail. The sequence fails unless the
-        // thread runs on `id`.
+        debug_assert!(
+            self.limit_within_capacity(count, list),
+            "limit past capacity"
+        );
+        // SAFETY: `count`, the limit word after it and `slots[..limit]` are index `id`'s cache
+        // of a freelist (the table's contract; limits never exceed the capacity), written only
+        // by sequences on `id` or under its lock bit, which makes the push fail. The sequence
+        // fails unless the thread runs on `id`.
         let outcome =
-            unsafe { seq.stack_push(index, id, count, slots, limit, item.as_ptr() as usize) };
+            unsafe { seq.stack_push_limited(index, id, count, slots, item.as_ptr() as usize) };
         matches!(outcome, Outcome::Committed(()))
     }
 
@@ -666,13 +663,18 @@ mod tests {
         for id in 0..4u32 {
             for (l, caches) in lists.iter().enumerate() {
                 let (count, slots) = caches.of(id as usize);
-                let limit = (id as usize + l) % (capacities[l] + 1);
                 assert_eq!(
                     direct.cache(id, l),
                     Some((count, slots)),
                     "index {id}, list {l}"
                 );
-                assert_eq!(direct.limit(count, l), limit, "index {id}, list {l}");
+                // The pushes compare with the word after the count word: the list's limit.
+                assert_eq!(
+                    count.wrapping_add(1),
+                    caches.limit(id as usize).as_ptr(),
+                    "index {id}, list {l}"
+                );
+                assert!(direct.limit_within_capacity(count, l));
                 let expected = (id < 2).then_some((count, slots));
                 assert_eq!(partial.cache(id, l), expected, "index {id}, list {l}");
             }

@@ -382,10 +382,10 @@ impl RawFreeList {
                     break;
                 }
                 let (count, slots) = self.cache(id);
-                let limit = self.caches.limit(id).load(Ordering::Relaxed);
                 // SAFETY: the cache of `id`, written only by sequences on `id` (or by a drain
-                // that locked it first); `limit` is at most the capacity.
-                match unsafe { seq.stack_push(index, id as u32, count, slots, limit, item) } {
+                // that locked it first); its limit word, after the count word, is at most the
+                // capacity.
+                match unsafe { seq.stack_push_limited(index, id as u32, count, slots, item) } {
                     Outcome::Committed(()) => return Ok(()),
                     Outcome::Aborted => continue,
                     Outcome::CompareFailed => {
@@ -626,9 +626,8 @@ impl RawFreeList {
         let Some((id, count, slots)) = self.rseq_cache(seq, index) else {
             return false;
         };
-        let limit = self.caches.limit(id as usize).load(Ordering::Relaxed);
         // SAFETY: as in `push_backed`.
-        let outcome = unsafe { seq.stack_push(index, id, count, slots, limit, item) };
+        let outcome = unsafe { seq.stack_push_limited(index, id, count, slots, item) };
         matches!(outcome, Outcome::Committed(()))
     }
 

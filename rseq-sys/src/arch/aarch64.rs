@@ -291,6 +291,26 @@ pub(crate) unsafe fn compare_store_store(
     COMMITTED
 }
 
+/// The push shared by [`stack_push`] and [`stack_push_limited`]: `$load_cap` (if any) puts the
+/// capacity in `{cap}`.
+///
+/// The depth is the word's low 16 bits sign-extended: a locked word (bit 15) is negative, which
+/// the unsigned compare reads as full.
+macro_rules! stack_push_sequence {
+    ($($load_cap:literal)?) => {
+        rseq_sequence!(goto, compare, body = [
+            "ldr {tmp}, [{count}]",
+            $($load_cap,)?
+            "sxth {depth}, {tmp:w}",
+            "cmp {depth}, {cap}",
+            "b.hs 8f",
+            "str {value}, [{slots}, {depth}, lsl #3]",
+            "add {tmp}, {tmp}, #1",
+            "str {tmp}, [{count}]",
+        ])
+    };
+}
+
 /// # Safety
 /// As for [`add`], for `count` and `slots[..cap]`.
 #[inline(always)]
@@ -307,17 +327,7 @@ pub(crate) unsafe fn stack_push(
     // SAFETY: caller's contract; the slot store is speculative, the `count` store commits.
     unsafe {
         asm!(
-            // The depth is the word's low 16 bits sign-extended: a locked word (bit 15) is
-            // negative, which the unsigned compare reads as full.
-            rseq_sequence!(goto, compare, body = [
-                "ldr {tmp}, [{count}]",
-                "sxth {depth}, {tmp:w}",
-                "cmp {depth}, {cap}",
-                "b.hs 8f",
-                "str {value}, [{slots}, {depth}, lsl #3]",
-                "add {tmp}, {tmp}, #1",
-                "str {tmp}, [{count}]",
-            ]),
+            stack_push_sequence!(),
             area = in(reg) area,
             id = in(reg) id,
             expected = in(reg) expected,
@@ -325,6 +335,41 @@ pub(crate) unsafe fn stack_push(
             slots = in(reg) slots,
             cap = in(reg) cap,
             value = in(reg) value,
+            tmp = out(reg) _,
+            depth = out(reg) _,
+            compare_failed = label { return COMPARE_FAILED },
+            aborted = label { return ABORTED },
+            options(nostack),
+        );
+    }
+    COMMITTED
+}
+
+/// [`stack_push`] with the capacity read from the word after `count`, inside the sequence.
+///
+/// # Safety
+/// As for [`add`], for `count`, `count.add(1)` and `slots[..*count.add(1)]`.
+#[inline(always)]
+pub(crate) unsafe fn stack_push_limited(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *mut usize,
+    value: usize,
+) -> u32 {
+    // SAFETY: caller's contract; as in `stack_push`.
+    unsafe {
+        asm!(
+            stack_push_sequence!("ldr {cap}, [{count}, #8]"),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = in(reg) slots,
+            value = in(reg) value,
+            cap = out(reg) _,
             tmp = out(reg) _,
             depth = out(reg) _,
             compare_failed = label { return COMPARE_FAILED },

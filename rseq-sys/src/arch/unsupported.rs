@@ -44,6 +44,7 @@ unreachable_sequences! {
     list_pop(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, head: *mut usize, sentinel: usize, next_offset: usize) -> (u32, usize);
     compare_store_store(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, ptr: *mut usize, expect: usize, spec: *mut usize, spec_value: usize, new: usize) -> u32;
     stack_push(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *mut usize, cap: usize, value: usize) -> u32;
+    stack_push_limited(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *mut usize, value: usize) -> u32;
     stack_pop(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *const usize) -> (u32, usize);
     stack_try_pop(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *const usize) -> usize;
     stack_push_many(area: *mut crate::abi::Rseq, id: *const u32, expected: u32, count: *mut usize, slots: *mut usize, cap: usize, items: *const usize, n: usize) -> (u32, usize);

@@ -299,6 +299,28 @@ pub(crate) unsafe fn compare_store_store(
     COMMITTED
 }
 
+/// The push shared by [`stack_push`] and [`stack_push_limited`], which compare the depth with
+/// the capacity `$compare` names.
+///
+/// The depth is the word's low 16 bits sign-extended (loaded so: `{tmp}` is the descriptor's
+/// address until then): a locked word (bit 15) is negative, which the unsigned compare reads as
+/// full. The commit adds to the word in memory, one instruction (see `COUNT_COMMITS`).
+macro_rules! stack_push_sequence {
+    ($compare:literal) => {
+        rseq_sequence!(
+            goto,
+            compare,
+            body = [
+                "movsx {tmp}, word ptr [{count}]",
+                $compare,
+                "jae 8f",
+                "mov qword ptr [{slots} + {tmp} * 8], {value}",
+                "add qword ptr [{count}], 1",
+            ]
+        )
+    };
+}
+
 /// # Safety
 /// As for [`add`], for `count` and `slots[..cap]`.
 #[inline(always)]
@@ -316,23 +338,47 @@ pub(crate) unsafe fn stack_push(
     // the `count` update commits.
     unsafe {
         asm!(
-            // The depth is the word's low 16 bits sign-extended (loaded so: `{tmp}` is the
-            // descriptor's address until then): a locked word (bit 15) is negative, which the
-            // unsigned compare reads as full. The commit adds to the word in memory, one
-            // instruction (see `COUNT_COMMITS`).
-            rseq_sequence!(goto, compare, body = [
-                "movsx {tmp}, word ptr [{count}]",
-                "cmp {tmp}, {cap}",
-                "jae 8f",
-                "mov qword ptr [{slots} + {tmp} * 8], {value}",
-                "add qword ptr [{count}], 1",
-            ]),
+            stack_push_sequence!("cmp {tmp}, {cap}"),
             area = in(reg) area,
             id = in(reg) id,
             expected = in(reg) expected,
             count = in(reg) count,
             slots = in(reg) slots,
             cap = in(reg) cap,
+            value = in(reg) value,
+            tmp = out(reg) _,
+            compare_failed = label { return COMPARE_FAILED },
+            aborted = label { return ABORTED },
+            options(nostack),
+        );
+    }
+    COMMITTED
+}
+
+/// [`stack_push`] with the capacity read from the word after `count`, inside the sequence: a
+/// compare with memory, where loading it first takes an instruction and a register.
+///
+/// # Safety
+/// As for [`add`], for `count`, `count.add(1)` and `slots[..*count.add(1)]`.
+#[inline(always)]
+pub(crate) unsafe fn stack_push_limited(
+    _token: Token,
+    area: *mut crate::abi::Rseq,
+    id: *const u32,
+    expected: u32,
+    count: *mut usize,
+    slots: *mut usize,
+    value: usize,
+) -> u32 {
+    // SAFETY: caller's contract; as in `stack_push`.
+    unsafe {
+        asm!(
+            stack_push_sequence!("cmp {tmp}, qword ptr [{count} + 8]"),
+            area = in(reg) area,
+            id = in(reg) id,
+            expected = in(reg) expected,
+            count = in(reg) count,
+            slots = in(reg) slots,
             value = in(reg) value,
             tmp = out(reg) _,
             compare_failed = label { return COMPARE_FAILED },
