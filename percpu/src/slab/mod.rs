@@ -300,7 +300,7 @@ impl PerCpuAlloc {
         // there), so it has no class and goes to the slow path, which ignores it.
         // A block homed at another index (see `heap`'s docs) goes into the remote buffer, on
         // the slow path. Spelled out, with no closures: the compiler would not inline them.
-        let word = self.fast.class_map.slab_word(block as usize);
+        let word = u32::from(self.fast.class_map.slab_word(block as usize));
         if let Some((class, home)) = class_and_home_of(word) {
             // SAFETY: a block with a class is a slab block, never null.
             let slab_block = unsafe { NonNull::new_unchecked(block) };

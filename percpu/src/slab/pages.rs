@@ -82,32 +82,30 @@ pub(crate) const fn class_and_home_of(word: u32) -> Option<(usize, u32)> {
 /// third of its time faulting the same pages back in; `trim()` releases them all.
 pub(crate) const RESIDENT_EMPTY_SLABS: usize = 64;
 
-/// Where every address maps until a class map is published, and where there is none: no class.
-static NO_CLASS_MAP: AtomicU16 = AtomicU16::new(0);
-
 /// The class map's address, kept where a fast path finds it with no pointer to the heap first
-/// (`PerCpuAlloc` keeps one). An address's entry is `map[(address >> SLAB_SHIFT) & mask]`: one
-/// `and` with the mask, where a bound would take a compare and a branch. Until
-/// [published](Self::publish), and where there is no class map, the mask is 0 and the map is one
-/// entry of 0 (no class), so every address finds no class and `free` takes its slow path, which
-/// asks the heap. The mask is stored after the address (Release) and loaded before it (Acquire),
-/// so a mask that admits more than entry 0 comes with the map it covers; a reader that loads the
-/// mask 0 during `publish` may see either map, whose entry 0 is 0 in both (no slab holds address
-/// 0).
-///
-/// Masking sends an address past 2^48 to the entry of the one below it with the same low bits. No
-/// such address is a block of this allocator (slabs, and the class map's range, stop below 2^48),
-/// so `free` never receives one (its contract).
+/// (`PerCpuAlloc` keeps one). Until [published](Self::publish), and where there is no class
+/// map, it admits no address: its bound, the number of entries, is 0. The bound is stored after
+/// the address (Release) and loaded before it (Acquire), so one test of a slab index against it
+/// is both the range check and the test that there is a map, and the address itself is plain
+/// memory, written once before the bound admits anything.
 pub(crate) struct ClassMapRef {
-    mask: AtomicUsize,
-    map: AtomicPtr<AtomicU16>,
+    entries: AtomicUsize,
+    map: core::cell::UnsafeCell<*const AtomicU16>,
 }
+
+// SAFETY: `map` is written only by `publish` (once, by one thread, before the Release store of
+// `entries` that first admits an index) and read only after an Acquire load of `entries` admitted
+// one: every read happens after the only write. The entries it points to are atomics.
+unsafe impl Sync for ClassMapRef {}
+// SAFETY: `map` is an address into a mapping of the heap, which is no thread's: moving the
+// reference to another thread changes nothing about who may read through it.
+unsafe impl Send for ClassMapRef {}
 
 impl ClassMapRef {
     pub(crate) const fn unpublished() -> ClassMapRef {
         ClassMapRef {
-            mask: AtomicUsize::new(0),
-            map: AtomicPtr::new(ptr::addr_of!(NO_CLASS_MAP).cast_mut()),
+            entries: AtomicUsize::new(0),
+            map: core::cell::UnsafeCell::new(ptr::null()),
         }
     }
 
@@ -119,20 +117,24 @@ impl ClassMapRef {
         let Some(map) = pages.class_map.as_ref() else {
             return;
         };
-        self.map.store(map.as_ptr().cast(), Ordering::Relaxed);
-        self.mask.store(CLASS_MAP_ENTRIES - 1, Ordering::Release);
+        // SAFETY: the caller's contract: nothing reads `map` before the store below admits an
+        // index, and nothing else writes it.
+        unsafe { self.map.get().write(map.as_ptr().cast()) };
+        self.entries.store(CLASS_MAP_ENTRIES, Ordering::Release);
     }
 
-    /// The word (see [`Slab`]) of the slab holding `address` (a block of this allocator's, or
-    /// null), as [`PageHeap::slab_word`] gives it; 0 also when that takes more than one load (no
-    /// class map, or none published yet).
+    /// The word (see [`Slab`]) of the slab holding `address`, as [`PageHeap::slab_word`] gives
+    /// it; 0 also when that takes more than one load (no class map, or none published yet).
     #[inline(always)]
-    pub(crate) fn slab_word(&self, address: usize) -> u32 {
-        let index = (address >> SLAB_SHIFT) & self.mask.load(Ordering::Acquire);
-        // SAFETY: with the mask 0, entry 0 of either map (see the type's docs); else the mask
-        // came with the map it covers, CLASS_MAP_ENTRIES entries, zeroed or written only as
-        // atomics, for as long as its page heap (the publisher's contract).
-        u32::from(unsafe { &*self.map.load(Ordering::Relaxed).add(index) }.load(Ordering::Relaxed))
+    pub(crate) fn slab_word(&self, address: usize) -> u16 {
+        let index = address >> SLAB_SHIFT;
+        if index >= self.entries.load(Ordering::Acquire) {
+            return 0;
+        }
+        // SAFETY: an index was admitted, so `map` is published: it holds CLASS_MAP_ENTRIES
+        // entries (the bound just checked), zeroed or written only as atomics, for as long as
+        // its page heap (the publisher's contract).
+        unsafe { &*(*self.map.get()).add(index) }.load(Ordering::Relaxed)
     }
 }
 
@@ -621,15 +623,13 @@ pub(super) mod tests {
             // SAFETY: once, and `pages` outlives `map`.
             unsafe { map.publish(&pages) };
             let expected = if class_map { slab_word_of(5, 2) } else { 0 };
-            assert_eq!(map.slab_word(base + 100), expected);
+            assert_eq!(u32::from(map.slab_word(base + 100)), expected);
             assert_eq!(
                 map.slab_word(base + SLAB_SIZE),
                 0,
                 "the next slab serves nothing"
             );
-            // Past 2^48, where no block is, the mask keeps the read inside the map: the entry
-            // of the address with the same low 48 bits.
-            assert_eq!(map.slab_word(1 << ADDRESS_BITS | base), expected);
+            assert_eq!(map.slab_word(1 << ADDRESS_BITS | base), 0, "past 2^48");
             assert_eq!(map.slab_word(usize::MAX), 0);
             pages.give(slab);
             assert_eq!(map.slab_word(base), 0);
