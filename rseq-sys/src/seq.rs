@@ -299,8 +299,8 @@ impl Sequences {
     /// [`Self::stack_push`] for a stack whose capacity is the word after its count word (its
     /// limit), read inside the sequence: `if depth < count[1] { slots[depth] = value; depth += 1
     /// }`. One instruction and one register fewer than loading the limit for `stack_push`, and
-    /// the push sees a limit changed up to the moment it starts. The limit word, like the count,
-    /// is only ever stored whole (an atomic store, or a plain aligned one under the lock bit).
+    /// the push sees a limit changed up to the moment it starts. Whoever changes the limit
+    /// stores the word whole (as an atomic store does), so the sequence reads one value.
     ///
     /// # Safety
     /// As for [`Self::add`], for `count`, and for `slots[..limit]`, where `limit` is any value
