@@ -445,7 +445,7 @@ mod in_assembly {
     /// This thread's block: the thread pointer plus the block's offset from it.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    pub(super) fn block() -> *mut super::ThreadBlock {
+    pub(crate) fn block() -> *mut super::ThreadBlock {
         let address: usize;
         // SAFETY: finds the block's offset as in `read`, and adds the thread pointer, which
         // glibc keeps at %fs:0 (the TCB's self pointer). The result never changes for this
@@ -459,7 +459,7 @@ mod in_assembly {
     /// This thread's block: the thread pointer plus the offset the block's TLS descriptor gives.
     #[cfg(target_arch = "aarch64")]
     #[inline(always)]
-    pub(super) fn block() -> *mut super::ThreadBlock {
+    pub(crate) fn block() -> *mut super::ThreadBlock {
         let address: usize;
         // SAFETY: calls the block's TLS descriptor in the sequence the ABI and the linker's
         // relaxations expect (x0 the descriptor's address, x1 its function, `.tlsdesccall` on
@@ -493,14 +493,7 @@ mod in_assembly {
     target_env = "gnu",
     not(rseq_sys_no_sequences)
 ))]
-use in_assembly::block;
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    target_env = "gnu",
-    not(rseq_sys_no_sequences)
-))]
-pub(crate) use in_assembly::memo_tags;
+pub(crate) use in_assembly::{block, memo_tags};
 #[cfg(all(
     target_arch = "x86_64",
     target_os = "linux",
