@@ -1,12 +1,14 @@
 //! Where the per-CPU caches of freelists live.
 //!
 //! Each CPU gets one region of `1 << shift` bytes, so finding CPU `id`'s cache is a shift (or a
-//! multiply by the region's size, see [`DirectCaches`]) and an add. A region holds the caches of one or more freelists:
-//! first each one's count word and limit word (how many slots a push may fill now, read with
-//! the count), side by side; then each one's harvested word and overflow mark (written by any
-//! thread, so kept off the count words' lines); then each freelist's slots. The slab allocator
-//! puts all its size classes in one arena this way, so a program using many classes keeps their
-//! count words in a few cache lines per CPU instead of one line (and one page) per class.
+//! multiply by the region's size, see [`DirectCaches`]) and an add. A region holds the caches of
+//! one or more freelists: first a header with the region's away mask (see
+//! [`homes`](super::homes)); then each freelist's count word and limit word (how many slots a
+//! push may fill now, read with the count), side by side; then each one's harvested word and
+//! overflow mark (written by any thread, so kept off the count words' lines); then each
+//! freelist's slots. The slab allocator puts all its size classes in one arena this way, so a
+//! program using many classes keeps their count words in a few cache lines per CPU instead of
+//! one line (and one page) per class.
 
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
@@ -16,6 +18,7 @@ use rseq_sys::{
     Index, MemoTag, NO_MEMO_TAG, NoMemo, Outcome, STACK_DEPTH_MASK, STACK_POPS_SHIFT, Sequences,
 };
 
+use super::homes::away_mask;
 use crate::mode::{rseq_path_if_registered, rseq_path_remembered};
 use crate::storage::{CPU_BLOCK_ALIGN, Mapping, round_up};
 
@@ -28,6 +31,34 @@ const SLOTS_ALIGN: usize = 64;
 
 /// Bytes per list in each of a region's two word blocks: (count, limit), then (harvested, mark).
 pub(crate) const WORD_PAIR: usize = 16;
+/// Bytes of a region before its first count word: the header, which holds the region's away
+/// mask (see [`homes`](super::homes)), one pair's worth to keep the pairs aligned.
+pub(crate) const REGION_HEADER: usize = WORD_PAIR;
+
+/// Byte offset of list `list`'s count word in a region.
+#[inline(always)]
+pub(crate) const fn count_at(list: usize) -> usize {
+    REGION_HEADER + list * WORD_PAIR
+}
+
+/// Stores index `id`'s away mask (see [`homes`](super::homes)) in the header before `counts`,
+/// its region's first count word: done before a memo names the region, so that every push
+/// through the memo finds it, and only then, so that regions of indices never run on stay
+/// untouched. Any thread may store it, any number of times: always the same value.
+fn set_away_mask(counts: usize, id: u32) {
+    // SAFETY: the region's header, inside the arena's mapping; the word is only ever accessed
+    // atomically.
+    unsafe { AtomicU32::from_ptr((counts - REGION_HEADER) as *mut u32) }
+        .store(away_mask(id), Ordering::Relaxed);
+}
+
+/// The away mask in the header before `counts`, a remembered region's first count word (so
+/// stored: see [`set_away_mask`]).
+#[inline(always)]
+fn away_mask_before(counts: usize) -> u32 {
+    // SAFETY: as in `set_away_mask`. Relaxed: this thread stored it before writing the memo.
+    unsafe { AtomicU32::from_ptr((counts - REGION_HEADER) as *mut u32) }.load(Ordering::Relaxed)
+}
 
 /// Per-CPU memory for the caches of `lists` freelists.
 #[derive(Debug)]
@@ -53,7 +84,7 @@ impl CacheArena {
         if !(1..=MAX_LISTS).contains(&lists) {
             return None;
         }
-        let words = round_up(lists * WORD_PAIR, CPU_BLOCK_ALIGN);
+        let words = round_up(count_at(lists), CPU_BLOCK_ALIGN);
         let mut slots_at = [0; MAX_LISTS];
         let mut stored_capacities = [0; MAX_LISTS];
         stored_capacities[..lists].copy_from_slice(capacities);
@@ -96,11 +127,11 @@ impl CacheArena {
     pub(crate) unsafe fn caches(&self, list: usize) -> Caches {
         debug_assert!(list < self.lists);
         let base = self.mapping.as_ptr();
-        let words = round_up(self.lists * WORD_PAIR, CPU_BLOCK_ALIGN);
+        let words = round_up(count_at(self.lists), CPU_BLOCK_ALIGN);
         // SAFETY: all three offsets lie inside region 0 of the mapping (see `new`).
         unsafe {
             Caches {
-                counts: NonNull::new_unchecked(base.add(list * WORD_PAIR).cast()),
+                counts: NonNull::new_unchecked(base.add(count_at(list)).cast()),
                 harvested: NonNull::new_unchecked(base.add(words + list * WORD_PAIR).cast()),
                 slots: NonNull::new_unchecked(base.add(self.slots_at[list]).cast()),
                 shift: self.shift,
@@ -127,11 +158,11 @@ impl CacheArena {
 /// and never after, so the fast paths read it as plain loads, which the compiler may fold into
 /// the instructions that use them.
 ///
-/// A region's address is `base + id * stride`. The fast paths do not compute it: each thread
-/// keeps its index's region in its rseq memo (see [`rseq_sys::memo`]), under the table's own
-/// tag, and the fast paths read it with the registration. The sequence compares the remembered
-/// index with the kernel's, so a thread that moved fails its attempt, and the slow paths call
-/// [`Self::remember`] to refresh the memo. That saves the index load, the bound and the multiply:
+/// The table finds a region by its first count word, at `counts + id * stride`, and its lists
+/// from there. The fast paths do not compute it: each thread keeps its index's in its rseq memo
+/// (see [`rseq_sys::memo`]), under the table's own tag, and the fast paths read it with the
+/// registration. The sequence compares the remembered index with the kernel's, so a thread that
+/// moved fails its attempt, and the slow paths call [`Self::remember`] to refresh the memo. That saves the index load, the bound and the multiply:
 /// with the commits by `add` (see rseq-sys), 10 instructions from a `malloc` and `free` pair and
 /// 0.96 of the time on `larson` and `mstress`. The memo is kept for one table at a time per
 /// thread; a thread that alternates between two allocators only takes their slow paths more
@@ -152,15 +183,25 @@ pub(crate) struct DirectCaches {
 #[derive(Debug)]
 #[repr(C)]
 struct Table {
-    /// Region 0's address.
-    base: usize,
+    /// Region 0's first count word.
+    counts: usize,
     /// Bytes from one region to the next.
     stride: usize,
-    /// Per list: its slots' byte offset inside a region (low half) and capacity (high half).
-    /// The capacity bounds the limit words; pushes go by the limit.
+    /// Per list: its slots' byte offset from its region's first count word (low half) and its
+    /// capacity (high half). The capacity bounds the limit words; pushes go by the limit.
     lists: [u64; MAX_LISTS],
     /// The tag [`DirectCaches::memo_tag`] holds, for writing the memo.
     memo: Option<MemoTag>,
+}
+
+impl Table {
+    /// Writes the thread's memo for index `id` under `tag`: its region, by the first count
+    /// word, after the region's away mask, which the pushes through the memo read.
+    fn remember(&self, seq: Sequences, tag: MemoTag, id: u32) {
+        let counts = self.counts + id as usize * self.stride;
+        set_away_mask(counts, id);
+        seq.current().remember(tag, id, counts);
+    }
 }
 
 // SAFETY: the table behind the UnsafeCell is written only by `publish` (once, by one thread,
@@ -175,7 +216,7 @@ impl DirectCaches {
             rseq_cpus: AtomicU32::new(0),
             memo_tag: AtomicU32::new(NO_MEMO_TAG),
             table: UnsafeCell::new(Table {
-                base: 0,
+                counts: 0,
                 stride: 0,
                 lists: [0; MAX_LISTS],
                 memo: None,
@@ -199,14 +240,14 @@ impl DirectCaches {
             .zip(arena.slots_at.iter().zip(&arena.capacities))
             .take(arena.lists)
         {
-            *entry = at as u64 | (capacity as u64) << 32;
+            *entry = (at - count_at(0)) as u64 | (capacity as u64) << 32;
         }
         let memo = MemoTag::new();
         // SAFETY: the caller's contract: no other thread reads the table before the Release
         // store below admits an index, and nothing else writes it.
         unsafe {
             self.table.get().write(Table {
-                base: arena.mapping.as_ptr() as usize,
+                counts: arena.mapping.as_ptr() as usize + count_at(0),
                 stride: 1 << arena.shift,
                 lists,
                 memo,
@@ -219,10 +260,11 @@ impl DirectCaches {
     }
 
     /// Refreshes this thread's memo for this table: the index it runs on now and that index's
-    /// region. `true` if it changed the memo (there was none for this table, or a stale one),
-    /// `false` if it did nothing: the memo was right already, or the thread has no rseq, or the
-    /// index has no caches (so a fast attempt that just failed would fail again). For slow
-    /// paths, after a fast attempt failed.
+    /// region (its first count word), after storing the region's away mask. `true` if it
+    /// changed the memo (there was none for this table, or a stale one), `false` if it did
+    /// nothing: the memo was right already, or the thread has no rseq, or the index has no
+    /// caches (so a fast attempt that just failed would fail again). For slow paths, after a
+    /// fast attempt failed.
     #[inline(always)]
     pub(crate) fn refresh_memo(&self) -> bool {
         // No caches at all (`PERCPU_FORCE_FALLBACK`, or not published yet): nothing to read.
@@ -246,8 +288,7 @@ impl DirectCaches {
         let Some(tag) = table.memo else {
             return false;
         };
-        seq.current()
-            .remember(tag, id, table.base + id as usize * table.stride);
+        table.remember(seq, tag, id);
         true
     }
 
@@ -277,15 +318,11 @@ impl DirectCaches {
         let (seq, _) = rseq_path_if_registered().expect("a registered thread");
         // SAFETY: an index was admitted, so the table is published.
         let table = unsafe { &*self.table.get() };
-        seq.current().remember(
-            table.memo.expect("a tag"),
-            id,
-            table.base + id as usize * table.stride,
-        );
+        table.remember(seq, table.memo.expect("a tag"), id);
     }
 
-    /// The thread's sequences and index, and the index and region it remembered for this
-    /// table; else why it has no memo for it (see [`Self::remember`]).
+    /// The thread's sequences and index, and the index and region (its first count word) it
+    /// remembered for this table; else why it has no memo for it (see [`Self::remember`]).
     #[inline(always)]
     fn remembered(&self) -> Result<Remembered, NoMemo> {
         // Relaxed: a memo holding this tag was written by this thread after it saw an index
@@ -295,25 +332,25 @@ impl DirectCaches {
             seq,
             index,
             id: memo.index,
-            region: memo.value,
+            counts: memo.value,
         })
     }
 
-    /// List `list`'s count word and slots in `region`, a region this table gave (a remembered
-    /// one: see [`Self::remember`]).
+    /// List `list`'s count word and slots in the region whose first count word is at `counts`,
+    /// a region this table gave (a remembered one: see [`Self::remember`]).
     #[inline(always)]
-    fn cache_in(&self, region: usize, list: usize) -> (*mut usize, *mut usize) {
+    fn cache_in(&self, counts: usize, list: usize) -> (*mut usize, *mut usize) {
         // SAFETY: a remembered region comes from a published table (see `Self::remembered`),
         // never written again.
         let table = unsafe { &*self.table.get() };
         debug_assert!(list < MAX_LISTS && table.lists[list] != 0, "no list {list}");
         // SAFETY: `list` is a list of the arena (the caller's contract), below MAX_LISTS.
         let entry = unsafe { *table.lists.get_unchecked(list) };
-        // (count, limit) pairs side by side at the region's start, as `CacheArena::caches` lays
-        // them: the limit shares the count word's line.
+        // (count, limit) pairs side by side, as `CacheArena::caches` lays them: the limit shares
+        // the count word's line.
         (
-            (region + list * WORD_PAIR) as *mut usize,
-            (region + (entry as u32) as usize) as *mut usize,
+            (counts + list * WORD_PAIR) as *mut usize,
+            (counts + (entry as u32) as usize) as *mut usize,
         )
     }
 
@@ -327,7 +364,7 @@ impl DirectCaches {
         // SAFETY: an index was admitted, so the table is published and never written again
         // (see the `Sync` impl).
         let table = unsafe { &*self.table.get() };
-        Some(self.cache_in(table.base + id as usize * table.stride, list))
+        Some(self.cache_in(table.counts + id as usize * table.stride, list))
     }
 
     /// Whether the limit word beside `count`, a count word [`Self::cache`] returned for `list`,
@@ -354,9 +391,10 @@ impl DirectCaches {
         unsafe { self.push_homed_with(list, item, 0, self) }
     }
 
-    /// The push for an item whose home is index `home - 1` (0: none): into `away`'s list `list`
-    /// instead when this thread runs on another index. `false`, with nothing done, as for
-    /// [`Self::try_push`].
+    /// The push for an item whose home code is `home` (see [`homes`](super::homes); 0 for
+    /// none; bits above [`HOME_MASK`](super::homes::HOME_MASK) are ignored): into `away`'s
+    /// list `list` instead when this thread runs on another index. `false`, with nothing done,
+    /// as for [`Self::try_push`].
     ///
     /// # Safety
     /// Once the tables are published, `list` is a list of the arena this one was published
@@ -373,21 +411,17 @@ impl DirectCaches {
             seq,
             index,
             id,
-            region,
+            counts,
         }) = self.remembered()
         else {
             return false;
         };
         // Chosen before the sequence, which then aborts if the thread is not on index `id`. A
         // branch, not a select: the usual table's loads then need not wait for `id`. And one
-        // branch for both tests (`home` is 0, or it is `id + 1`: either makes the product 0),
-        // which the compiler would otherwise split in two: a branch on `home != 0` alone
+        // branch for both cases (no home, or index `id`'s): a branch on `home != 0` alone
         // mispredicts in programs that mix homed and other classes (16 and 516 bytes at random
-        // took 1.47× the time without homes that way, 1.11× with one branch). Wrapping, so that
-        // the compiler keeps the multiply rather than test both factors: it wraps to 0 only if
-        // `id + 1` had 25 trailing zero bits (`home` is below 256), an index no kernel gives,
-        // and even then it would only send the block to the wrong cache, not lose it.
-        if home.wrapping_mul(home ^ id.wrapping_add(1)) != 0 {
+        // took 1.47× the time without homes that way, 1.11× with one branch).
+        if home & away_mask_before(counts) != 0 {
             // The other table's region is not remembered: found through its own bound.
             let Some((count, slots)) = away.cache(id, list) else {
                 return false;
@@ -395,13 +429,14 @@ impl DirectCaches {
             // SAFETY: the caller's contract.
             return unsafe { away.push_at(seq, index, id, list, count, slots, item) };
         }
-        let (count, slots) = self.cache_in(region, list);
-        // SAFETY: the caller's contract; `region` is index `id`'s in this table.
+        let (count, slots) = self.cache_in(counts, list);
+        // SAFETY: the caller's contract; `counts` is index `id`'s region's in this table.
         unsafe { self.push_at(seq, index, id, list, count, slots, item) }
     }
 
-    /// [`Self::try_push`] for an item whose home is index `home - 1` (0: none), which fails as
-    /// well, with nothing done, when the thread runs on another index (see
+    /// [`Self::try_push`] for an item whose home code is `home` (as for
+    /// [`Self::push_homed_with`]), which fails as well, with nothing done, when the thread runs
+    /// on another index (see
     /// [`Self::push_homed_with`] for the push that sends it home); and says whether the thread
     /// is registered when it fails. The fast path of C's `free`: with the remote table's push
     /// inline it needs a stack frame.
@@ -419,14 +454,14 @@ impl DirectCaches {
             seq,
             index,
             id,
-            region,
+            counts,
         } = self.remembered()?;
         // As in `push_homed_with`.
-        if home.wrapping_mul(home ^ id.wrapping_add(1)) != 0 {
+        if home & away_mask_before(counts) != 0 {
             return Ok(false);
         }
-        let (count, slots) = self.cache_in(region, list);
-        // SAFETY: the caller's contract; `region` is index `id`'s in this table.
+        let (count, slots) = self.cache_in(counts, list);
+        // SAFETY: the caller's contract; `counts` is index `id`'s region's in this table.
         Ok(unsafe { self.push_at(seq, index, id, list, count, slots, item) })
     }
 
@@ -472,9 +507,9 @@ impl DirectCaches {
             seq,
             index,
             id,
-            region,
+            counts,
         } = self.remembered().ok()?;
-        let (count, slots) = self.cache_in(region, list);
+        let (count, slots) = self.cache_in(counts, list);
         // SAFETY: as in `push_at`; items are never 0.
         NonNull::new(unsafe { seq.stack_try_pop(index, id, count, slots) } as *mut u8)
     }
@@ -487,7 +522,8 @@ pub(crate) struct Remembered {
     seq: Sequences,
     index: Index,
     id: u32,
-    region: usize,
+    /// The region's first count word.
+    counts: usize,
 }
 
 /// One freelist's per-CPU caches: CPU `id`'s count word, limit word, harvested word, overflow
@@ -621,7 +657,11 @@ mod tests {
                 let harvested = caches.harvested.as_ptr() as usize + (id << arena.shift);
                 let mark = caches.mark(id).as_ptr() as usize;
                 let base = arena.mapping.as_ptr() as usize + id * region;
-                assert_eq!(count as usize, base + 16 * l, "count words side by side");
+                assert_eq!(
+                    count as usize,
+                    base + REGION_HEADER + 16 * l,
+                    "count words side by side after the header"
+                );
                 assert_eq!(
                     limit,
                     count as usize + 8,
@@ -636,6 +676,8 @@ mod tests {
                 spans.push((slots as usize, slots as usize + capacity * 8));
                 assert!(slots as usize + capacity * 8 <= base + region);
             }
+            let header = arena.mapping.as_ptr() as usize + id * region;
+            spans.push((header, header + REGION_HEADER));
         }
         spans.sort_unstable();
         for pair in spans.windows(2) {
@@ -768,5 +810,66 @@ mod tests {
             assert_eq!(remembered(&a), Err(none));
         }
         assert!(DirectCaches::unpublished().remembered().is_err());
+    }
+
+    /// The pushes test an item's home code against the away mask of the index the memo names,
+    /// which remembering stores in that index's region: an item homed at any other index is
+    /// refused before the sequence, wherever the thread runs, and nothing is pushed; an item
+    /// with no home, or homed here, goes in.
+    #[test]
+    fn pushes_refuse_items_homed_at_other_indices() {
+        use super::super::homes::{away_mask, home_code};
+        if crate::mode::rseq_path().is_none() {
+            return; // No rseq here: no memo.
+        }
+        let cpus = rseq_sys::possible_cpus();
+        let arena = CacheArena::new(cpus as usize + 1, &[8]).unwrap();
+        // SAFETY: the arena outlives the caches and the table; its one list once.
+        let (list, direct) = unsafe { (arena.caches(0), arena.direct(cpus as usize + 1)) };
+        for id in 0..=cpus as usize {
+            list.limit(id).store(8, Ordering::Relaxed);
+        }
+        let item = NonNull::new(0x2000 as *mut u8).unwrap();
+        let counts = |list: &Caches| -> Vec<usize> {
+            (0..=cpus as usize)
+                .map(|id| list.count(id).load(Ordering::Relaxed))
+                .collect()
+        };
+        let before = counts(&list);
+        for id in 0..=cpus {
+            direct.remember_as(id);
+            let header = arena.mapping.as_ptr() as usize + ((id as usize) << arena.shift);
+            // SAFETY: the region's header, inside the mapping.
+            let stored = unsafe { AtomicU32::from_ptr(header as *mut u32) }.load(Ordering::Relaxed);
+            assert_eq!(stored, away_mask(id), "index {id}'s header");
+            for other in (0..=cpus + 1).filter(|&other| other != id) {
+                let code = home_code(other);
+                if code == 0 {
+                    continue; // Past the homed indices: no home, which any index takes.
+                }
+                // SAFETY: list 0 is the arena's, and so is the remote table's (itself).
+                unsafe {
+                    assert_eq!(direct.push_at_home(0, item, code), Ok(false));
+                    assert!(!direct.push_homed_with(0, item, code, &DirectCaches::unpublished()));
+                }
+            }
+        }
+        assert_eq!(counts(&list), before, "nothing pushed anywhere");
+        // With the memo of the index the thread runs on, its own home and none go in (a
+        // migration may fail an attempt; another follows).
+        for code_of_here in [false, true] {
+            let pushed = (0..1000).any(|_| {
+                direct.remember();
+                let Some(id) =
+                    crate::mode::rseq_path().map(|(seq, index)| seq.current().index(index))
+                else {
+                    return false;
+                };
+                let code = if code_of_here { home_code(id) } else { 0 };
+                // SAFETY: as above.
+                unsafe { direct.push_at_home(0, item, code) == Ok(true) }
+            });
+            assert!(pushed, "home here: {code_of_here}");
+        }
     }
 }

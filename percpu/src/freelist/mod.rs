@@ -49,6 +49,7 @@
 
 pub(crate) mod caches;
 pub(crate) mod global;
+pub(crate) mod homes;
 mod typed;
 
 pub use typed::{FreeList, Pool, Pooled};

@@ -12,13 +12,14 @@
 //! transfer level, where the home's refills look first (before the central level, whose fills
 //! also prefer the index's own slabs). Homes are a placement policy, not an invariant: a block
 //! may be used anywhere. It stays approximate where indices share a transfer shard (past 16)
-//! and for indices past 254, whose slabs have no home; and Rust's `dealloc`, which knows the
-//! class from the layout and never looks a block up, keeps the plain per-CPU path.
+//! and for indices past 251, whose slabs have no home (the codes run out: see
+//! `freelist::homes`); and Rust's `dealloc`, which knows the class from the layout and never
+//! looks a block up, keeps the plain per-CPU path.
 //!
-//! What it costs, on a 2-vCPU guest (BENCHMARKS.md, eighth round): `free` tests the home (a few
-//! instructions, 2–4% of `larson` and `mstress`), and a producer/consumer (`xmalloc`, where
-//! every small block is freed away from home) pays about 5% for the trip home; `cache-scratch`
-//! runs 2.8× faster.
+//! What it costs, on a 2-vCPU guest (BENCHMARKS.md, eighth and fifteenth rounds): `free` tests
+//! the home (a load and a `test` against the region's away mask; a comparison took 2–4% of
+//! `larson` and `mstress`), and a producer/consumer (`xmalloc`, where every small block is freed
+//! away from home) pays about 5% for the trip home; `cache-scratch` runs 2.8× faster.
 
 use core::ptr::{self, NonNull};
 
@@ -98,11 +99,11 @@ pub(crate) struct Heap {
     remote: [RawFreeList; HOMED_CLASSES],
 }
 
-/// Bytes of a cache region's first page that hold the count and limit words, which the fast
-/// paths store to and load (with room to spare: 48 classes use 768). The harvested words and
-/// marks after them are written only by slow paths.
+/// Bytes of a cache region's first page that hold the away mask and the count and limit words,
+/// which the fast paths store to and load (with room to spare: 48 classes use 784). The
+/// harvested words and marks after them are written only by slow paths.
 pub(crate) const ALIAS_GAP: usize = 1024;
-const _: () = assert!(CLASSES * crate::freelist::caches::WORD_PAIR <= ALIAS_GAP);
+const _: () = assert!(crate::freelist::caches::count_at(CLASSES) <= ALIAS_GAP);
 
 /// A class's levels below its freelist, as the freelist sees them.
 #[derive(Clone, Copy)]

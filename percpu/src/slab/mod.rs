@@ -60,7 +60,7 @@ use class::{
 };
 use heap::{ALIAS_GAP, Heap};
 use lock::SpinLock;
-use pages::{ClassMapRef, class_and_home_of};
+use pages::{ClassMapRef, class_and_home_of, class_of_word};
 use rseq_sys::NoMemo;
 
 /// Number of size classes ([`AllocStats::classes`] has one entry each).
@@ -301,13 +301,14 @@ impl PerCpuAlloc {
         // A block homed at another index (see `heap`'s docs) goes into the remote buffer, on
         // the slow path. Spelled out, with no closures: the compiler would not inline them.
         let word = u32::from(self.fast.class_map.slab_word(block as usize));
-        if let Some((class, home)) = class_and_home_of(word) {
+        if let Some(class) = class_of_word(word) {
             // SAFETY: a block with a class is a slab block, never null.
             let slab_block = unsafe { NonNull::new_unchecked(block) };
             // The class is known, so the slow paths need not look it up again (they get the
-            // word: one register, where the class and home take two across the attempt).
+            // word: one register, where the class and home take two across the attempt). The
+            // push takes the word as the home code: it ignores the class bits above the code.
             // SAFETY: every class is a list of the arena the direct table is published with.
-            return match unsafe { self.fast.direct.push_at_home(class, slab_block, home) } {
+            return match unsafe { self.fast.direct.push_at_home(class, slab_block, word) } {
                 Ok(true) => {}
                 Ok(false) | Err(NoMemo::Forgotten) => free_small_retrying(self, word, slab_block),
                 Err(NoMemo::Unregistered) => free_small_unregistered(self, word, slab_block),
@@ -341,21 +342,21 @@ impl PerCpuAlloc {
         free_small_slow(self, word, nonnull);
     }
 
-    /// One attempt to push `block`, of size class `class` and home `home`, into this CPU's
-    /// cache (or its remote buffer, for a block homed at another index): `false`, with nothing
-    /// done, when that takes more.
+    /// One attempt to push `block`, of size class `class`, into this CPU's cache (or its remote
+    /// buffer, for a block homed at another index): `false`, with nothing done, when that takes
+    /// more.
     ///
     /// # Safety
-    /// `class` and `home` come from the word of `block`'s slab.
+    /// `class` is the class in `word`, the word of `block`'s slab (which gives the home code).
     #[inline(always)]
-    unsafe fn try_push_slab_block(&self, class: usize, block: NonNull<u8>, home: u32) -> bool {
+    unsafe fn try_push_slab_block(&self, class: usize, block: NonNull<u8>, word: u32) -> bool {
         // SAFETY: every class is a list of the arena the direct table is published with (an
         // unpublished one admits nothing), and every class with homes of the remote table's:
         // only their slabs have one.
         unsafe {
             self.fast
                 .direct
-                .push_homed_with(class, block, home, &self.fast.remote)
+                .push_homed_with(class, block, word, &self.fast.remote)
         }
     }
 
@@ -501,14 +502,14 @@ extern "C" fn free_small_retrying(alloc: &PerCpuAlloc, word: u32, block: NonNull
         return;
     };
     // A block homed at another index comes here with the memo intact: one attempt with it.
-    // SAFETY: class and home come from the block's slab word (the caller's).
-    if home != 0 && unsafe { alloc.try_push_slab_block(class, block, home) } {
+    // SAFETY: the class comes from the block's slab word (the caller's).
+    if home != 0 && unsafe { alloc.try_push_slab_block(class, block, word) } {
         return;
     }
     // Any other attempt failed for a full cache, or for want of a memo or a stale one: once
     // that is mended, one more.
     // SAFETY: as above.
-    if alloc.fast.direct.refresh_memo() && unsafe { alloc.try_push_slab_block(class, block, home) }
+    if alloc.fast.direct.refresh_memo() && unsafe { alloc.try_push_slab_block(class, block, word) }
     {
         return;
     }

@@ -26,6 +26,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicUsiz
 
 use super::class::CLASSES;
 use super::lock::SpinLock;
+use crate::freelist::homes::{HOME_BITS, HOME_MASK, home_code, home_index};
 use crate::storage::{Mapping, map};
 
 pub(crate) const SLAB_SHIFT: u32 = 18;
@@ -42,18 +43,22 @@ const CLASS_MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - SLAB_SHIFT);
 /// Bytes of the class map.
 const CLASS_MAP_BYTES: usize = CLASS_MAP_ENTRIES * core::mem::size_of::<AtomicU16>();
 
-/// A slab's word holds its home (index + 1, 0 for none) in its low byte and its class word
-/// (class + 1, 0 for none) in the byte above: see [`Slab`]. The class above, so that `free`
-/// finds it, and tests it for 0, with one shift.
-pub(crate) const CLASS_SHIFT: u32 = 8;
-const HOME_MASK: u32 = (1 << CLASS_SHIFT) - 1;
-/// Indices from this one up carve slabs with no home (the home byte is full).
-pub(crate) const HOMED_INDICES: u32 = HOME_MASK;
-const _: () = assert!(CLASSES < u8::MAX as usize);
+/// A slab's word holds its home's code (see [`homes`](crate::freelist::homes), 0 for none) in
+/// its low [`HOME_BITS`] bits and its class word (class + 1, 0 for none) above: see [`Slab`].
+/// The class above, so that `free` finds it, and tests it for 0, with one shift, and hands the
+/// word to the cache's push as the home code (which ignores the bits above).
+pub(crate) const CLASS_SHIFT: u32 = HOME_BITS;
+/// Indices from this one up carve slabs with no home (the codes run out).
+pub(crate) use crate::freelist::homes::HOMED_INDICES;
+const _: () = assert!(((CLASSES + 1) << CLASS_SHIFT) <= u16::MAX as usize + 1);
 
-/// A slab's word for its class word and home.
+/// A slab's word for its class word and home (index + 1, 0 for none).
 pub(crate) const fn slab_word_of(class_word: u32, home: u32) -> u32 {
-    class_word << CLASS_SHIFT | home
+    let code = match home {
+        0 => 0,
+        home => home_code(home - 1),
+    };
+    class_word << CLASS_SHIFT | code
 }
 
 /// The class word (class + 1, or 0) in a slab's word.
@@ -65,18 +70,32 @@ pub(crate) const fn class_word_of(word: u32) -> u32 {
 /// The home (index + 1, or 0) in a slab's word.
 #[inline(always)]
 pub(crate) const fn home_of(word: u32) -> u32 {
-    word & HOME_MASK
+    match home_index(word & HOME_MASK) {
+        Some(index) => index + 1,
+        None => 0,
+    }
+}
+
+/// The size class in a slab's word; `None` for a slab that serves no class (or no slab: a word
+/// of 0).
+#[inline(always)]
+pub(crate) const fn class_of_word(word: u32) -> Option<usize> {
+    match class_word_of(word) {
+        0 => None,
+        class_word => Some(class_word as usize - 1),
+    }
 }
 
 /// The size class and home (index + 1, or 0) in a slab's word; `None` for a slab that serves
 /// no class (or no slab: a word of 0).
 #[inline(always)]
 pub(crate) const fn class_and_home_of(word: u32) -> Option<(usize, u32)> {
-    match class_word_of(word) {
-        0 => None,
-        class_word => Some((class_word as usize - 1, home_of(word))),
+    match class_of_word(word) {
+        Some(class) => Some((class, home_of(word))),
+        None => None,
     }
 }
+
 /// Empty slabs kept resident for quick reuse (16 MiB); beyond these, empty slabs go back to the
 /// kernel. With 16, a program that builds and frees a 12 MiB structure over and over spent a
 /// third of its time faulting the same pages back in; `trim()` releases them all.
@@ -147,7 +166,7 @@ impl ClassMapRef {
 /// level when freed elsewhere, so that blocks sharing a cache line stay with one CPU.
 #[repr(C, align(64))]
 pub(crate) struct Slab {
-    /// The home (index + 1, 0 for none), and class + 1 while the slab serves a size class (0
+    /// The home's code (0 for none), and class + 1 while the slab serves a size class (0
     /// otherwise) shifted by [`CLASS_SHIFT`] ([`slab_word_of`]; set with
     /// [`PageHeap::set_word`], which keeps the class map in step).
     word: AtomicU32,
@@ -633,6 +652,28 @@ pub(super) mod tests {
             assert_eq!(map.slab_word(usize::MAX), 0);
             pages.give(slab);
             assert_eq!(map.slab_word(base), 0);
+        }
+    }
+
+    /// Every class and every home survive a slab word, within the class map's 16 bits, and
+    /// `free`'s push finds the home's code in the word's low bits.
+    #[test]
+    fn every_class_and_home_survive_the_slab_word() {
+        for class_word in 0..=CLASSES as u32 {
+            for home in 0..=HOMED_INDICES {
+                let word = slab_word_of(class_word, home);
+                assert!(
+                    word <= u32::from(u16::MAX),
+                    "class word {class_word}, home {home}"
+                );
+                assert_eq!(class_word_of(word), class_word);
+                assert_eq!(home_of(word), home, "class word {class_word}");
+                let code = if home == 0 { 0 } else { home_code(home - 1) };
+                assert_eq!(word & HOME_MASK, code);
+                let class = class_word.checked_sub(1).map(|c| c as usize);
+                assert_eq!(class_of_word(word), class);
+                assert_eq!(class_and_home_of(word), class.map(|c| (c, home)));
+            }
         }
     }
 
