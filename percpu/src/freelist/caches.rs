@@ -398,7 +398,7 @@ impl DirectCaches {
     ///
     /// # Safety
     /// Once the tables are published, `list` is a list of the arena this one was published
-    /// with, and of `away`'s when `home` is not 0.
+    /// with, and of `away`'s when `home` has bits of a home code.
     #[inline(always)]
     pub(crate) unsafe fn push_homed_with(
         &self,
@@ -435,10 +435,9 @@ impl DirectCaches {
     }
 
     /// [`Self::try_push`] for an item whose home code is `home` (as for
-    /// [`Self::push_homed_with`]), which fails as well, with nothing done, when the thread runs
-    /// on another index (see
-    /// [`Self::push_homed_with`] for the push that sends it home); and says whether the thread
-    /// is registered when it fails. The fast path of C's `free`: with the remote table's push
+    /// [`Self::push_homed_with`], which sends it home), which fails as well, with nothing done,
+    /// when the thread runs on another index; and says whether the thread is registered when it
+    /// fails. The fast path of C's `free`: with the remote table's push
     /// inline it needs a stack frame.
     ///
     /// # Safety
