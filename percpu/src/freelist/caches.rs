@@ -4,9 +4,9 @@
 //! multiply by the region's size, see [`DirectCaches`]) and an add. A region holds the caches of
 //! one or more freelists: first a header with the region's away mask (see
 //! [`homes`](super::homes)); then each freelist's count word and limit word (how many slots a
-//! push may fill now, read with the count), side by side; then each one's harvested word and
-//! overflow mark (written by any thread, so kept off the count words' lines); then each
-//! freelist's slots. The slab allocator puts all its size classes in one arena this way, so a
+//! push may fill now, read with the count), side by side; then a pointer to each freelist's
+//! slots, for [`DirectCaches`]; then each one's harvested word and overflow mark (written by any
+//! thread, so kept off the lines of the words before); then each freelist's slots. The slab allocator puts all its size classes in one arena this way, so a
 //! program using many classes keeps their count words in a few cache lines per CPU instead of
 //! one line (and one page) per class.
 
@@ -41,23 +41,32 @@ pub(crate) const fn count_at(list: usize) -> usize {
     REGION_HEADER + list * WORD_PAIR
 }
 
-/// Stores index `id`'s away mask (see [`homes`](super::homes)) in the header before `counts`,
-/// its region's first count word: done before a memo names the region, so that every push
-/// through the memo finds it, and only then, so that regions of indices never run on stay
-/// untouched. Any thread may store it, any number of times: always the same value.
-fn set_away_mask(counts: usize, id: u32) {
-    // SAFETY: the region's header, inside the arena's mapping; the word is only ever accessed
-    // atomically.
-    unsafe { AtomicU32::from_ptr((counts - REGION_HEADER) as *mut u32) }
-        .store(away_mask(id), Ordering::Relaxed);
+/// Bytes from a region's first count word to its slot pointers (list `list`'s slots' address,
+/// `8 * list` further): past room for every list's count pair, so that a fast path finds one at
+/// a constant displacement from the remembered count word and the list's number.
+const SLOT_POINTERS_AT: usize = MAX_LISTS * WORD_PAIR;
+
+/// Byte offset of a region's harvested words, after its count words and slot pointers, on lines
+/// of their own.
+const fn harvested_at(lists: usize) -> usize {
+    round_up(count_at(0) + SLOT_POINTERS_AT + lists * 8, CPU_BLOCK_ALIGN)
 }
 
 /// The away mask in the header before `counts`, a remembered region's first count word (so
-/// stored: see [`set_away_mask`]).
+/// stored: see [`Table::prepare`]).
 #[inline(always)]
 fn away_mask_before(counts: usize) -> u32 {
-    // SAFETY: as in `set_away_mask`. Relaxed: this thread stored it before writing the memo.
+    // SAFETY: the region's header, inside the arena's mapping, only ever accessed atomically.
+    // Relaxed: this thread stored it, or read it with Acquire, before writing the memo.
     unsafe { AtomicU32::from_ptr((counts - REGION_HEADER) as *mut u32) }.load(Ordering::Relaxed)
+}
+
+/// The slot pointer of list `list` in the region whose first count word is `counts`.
+#[inline(always)]
+fn slot_pointer(counts: usize, list: usize) -> &'static AtomicUsize {
+    // SAFETY: inside the region (see `harvested_at`), aligned, only ever accessed atomically;
+    // the arena's mapping outlives every table that gives out its regions.
+    unsafe { AtomicUsize::from_ptr((counts + SLOT_POINTERS_AT + list * 8) as *mut usize) }
 }
 
 /// Per-CPU memory for the caches of `lists` freelists.
@@ -84,11 +93,10 @@ impl CacheArena {
         if !(1..=MAX_LISTS).contains(&lists) {
             return None;
         }
-        let words = round_up(count_at(lists), CPU_BLOCK_ALIGN);
         let mut slots_at = [0; MAX_LISTS];
         let mut stored_capacities = [0; MAX_LISTS];
         stored_capacities[..lists].copy_from_slice(capacities);
-        let mut end = 2 * words;
+        let mut end = round_up(harvested_at(lists) + lists * WORD_PAIR, CPU_BLOCK_ALIGN);
         for (at, &capacity) in slots_at.iter_mut().zip(capacities) {
             *at = end;
             end = round_up(end + capacity * 8, SLOTS_ALIGN);
@@ -127,12 +135,12 @@ impl CacheArena {
     pub(crate) unsafe fn caches(&self, list: usize) -> Caches {
         debug_assert!(list < self.lists);
         let base = self.mapping.as_ptr();
-        let words = round_up(count_at(self.lists), CPU_BLOCK_ALIGN);
+        let harvested = harvested_at(self.lists) + list * WORD_PAIR;
         // SAFETY: all three offsets lie inside region 0 of the mapping (see `new`).
         unsafe {
             Caches {
                 counts: NonNull::new_unchecked(base.add(count_at(list)).cast()),
-                harvested: NonNull::new_unchecked(base.add(words + list * WORD_PAIR).cast()),
+                harvested: NonNull::new_unchecked(base.add(harvested).cast()),
                 slots: NonNull::new_unchecked(base.add(self.slots_at[list]).cast()),
                 shift: self.shift,
                 _own: None,
@@ -161,7 +169,9 @@ impl CacheArena {
 /// The table finds a region by its first count word, at `counts + id * stride`, and its lists
 /// from there. The fast paths do not compute it: each thread keeps its index's in its rseq memo
 /// (see [`rseq_sys::memo`]), under the table's own tag, and the fast paths read it with the
-/// registration. The sequence compares the remembered index with the kernel's, so a thread that
+/// registration. From the remembered count word they find a list's count word by its number and
+/// its slots through the region's slot pointer, one load (the region is prepared when a memo
+/// first names it). The sequence compares the remembered index with the kernel's, so a thread that
 /// moved fails its attempt, and the slow paths call [`Self::remember`] to refresh the memo. That saves the index load, the bound and the multiply:
 /// with the commits by `add` (see rseq-sys), 10 instructions from a `malloc` and `free` pair and
 /// 0.96 of the time on `larson` and `mstress`. The memo is kept for one table at a time per
@@ -196,11 +206,32 @@ struct Table {
 
 impl Table {
     /// Writes the thread's memo for index `id` under `tag`: its region, by the first count
-    /// word, after the region's away mask, which the pushes through the memo read.
+    /// word, once the region is prepared for the fast paths that read it through the memo.
     fn remember(&self, seq: Sequences, tag: MemoTag, id: u32) {
         let counts = self.counts + id as usize * self.stride;
-        set_away_mask(counts, id);
+        self.prepare(counts, id);
         seq.current().remember(tag, id, counts);
+    }
+
+    /// Stores what the fast paths read in the region of index `id`, whose first count word is
+    /// `counts`, besides the count words: each list's slot pointer, then the away mask (see
+    /// [`homes`](super::homes)), which marks the region prepared. Done when a memo is about to
+    /// name the region, so that regions of indices never run on stay untouched. Any thread may
+    /// prepare a region, at the same time as others: they store the same values.
+    fn prepare(&self, counts: usize, id: u32) {
+        // SAFETY: the region's header, inside the arena's mapping, only ever accessed
+        // atomically.
+        let header = unsafe { AtomicU32::from_ptr((counts - REGION_HEADER) as *mut u32) };
+        let mask = away_mask(id);
+        // Acquire: a mask stored by another thread comes with the pointers it stored first. No
+        // index's mask is 0, what an unprepared header holds.
+        if header.load(Ordering::Acquire) == mask {
+            return;
+        }
+        for (list, &entry) in self.lists.iter().enumerate().take_while(|&(_, &e)| e != 0) {
+            slot_pointer(counts, list).store(counts + (entry as u32) as usize, Ordering::Relaxed);
+        }
+        header.store(mask, Ordering::Release);
     }
 }
 
@@ -354,6 +385,22 @@ impl DirectCaches {
         )
     }
 
+    /// List `list`'s count word and slots in the region whose first count word is at `counts`,
+    /// a remembered one (so prepared: see [`Table::prepare`]): the slots from the region's slot
+    /// pointer, one load, where [`Self::cache_in`] takes the table's offset and an add.
+    #[inline(always)]
+    fn remembered_cache(&self, counts: usize, list: usize) -> (*mut usize, *mut usize) {
+        debug_assert_eq!(
+            slot_pointer(counts, list).load(Ordering::Relaxed) as *mut usize,
+            self.cache_in(counts, list).1,
+            "list {list}'s slot pointer"
+        );
+        (
+            (counts + list * WORD_PAIR) as *mut usize,
+            slot_pointer(counts, list).load(Ordering::Relaxed) as *mut usize,
+        )
+    }
+
     /// List `list`'s rseq cache on index `id`: count word and slots; `None` for indices without
     /// one (every index, before the table is published).
     #[inline(always)]
@@ -429,7 +476,7 @@ impl DirectCaches {
             // SAFETY: the caller's contract.
             return unsafe { away.push_at(seq, index, id, list, count, slots, item) };
         }
-        let (count, slots) = self.cache_in(counts, list);
+        let (count, slots) = self.remembered_cache(counts, list);
         // SAFETY: the caller's contract; `counts` is index `id`'s region's in this table.
         unsafe { self.push_at(seq, index, id, list, count, slots, item) }
     }
@@ -459,7 +506,7 @@ impl DirectCaches {
         if home & away_mask_before(counts) != 0 {
             return Ok(false);
         }
-        let (count, slots) = self.cache_in(counts, list);
+        let (count, slots) = self.remembered_cache(counts, list);
         // SAFETY: the caller's contract; `counts` is index `id`'s region's in this table.
         Ok(unsafe { self.push_at(seq, index, id, list, count, slots, item) })
     }
@@ -508,7 +555,7 @@ impl DirectCaches {
             id,
             counts,
         } = self.remembered().ok()?;
-        let (count, slots) = self.cache_in(counts, list);
+        let (count, slots) = self.remembered_cache(counts, list);
         // SAFETY: as in `push_at`; items are never 0.
         NonNull::new(unsafe { seq.stack_try_pop(index, id, count, slots) } as *mut u8)
     }
@@ -647,7 +694,7 @@ mod tests {
         // SAFETY: the arena outlives the caches; each list once.
         let lists: Vec<Caches> = (0..3).map(|l| unsafe { arena.caches(l) }).collect();
         let region = 1usize << arena.shift;
-        assert!(region >= 2 * 128 + 8 * (3 + 2048 + 1));
+        assert!(region >= harvested_at(3) + 128 + 8 * (3 + 2048 + 1));
         let mut spans = Vec::new();
         for id in 0..4 {
             for (l, (caches, capacity)) in lists.iter().zip([3, 2048, 1]).enumerate() {
@@ -666,10 +713,15 @@ mod tests {
                     count as usize + 8,
                     "each limit beside its count word"
                 );
-                assert!(harvested >= base + 128 && harvested < base + 256);
+                let pointer = slot_pointer(count as usize - 16 * l, l).as_ptr() as usize;
+                assert_eq!(pointer, base + REGION_HEADER + SLOT_POINTERS_AT + 8 * l);
+                // Written by any thread: on lines of their own, past the fast paths' words.
+                assert_eq!(harvested, base + harvested_at(3) + 16 * l);
+                assert!(harvested_at(3) >= REGION_HEADER + SLOT_POINTERS_AT + 3 * 8);
+                assert_eq!(harvested_at(3) % 64, 0);
                 assert_eq!(mark, harvested + 8, "each mark beside its harvested word");
                 assert_eq!(slots as usize % 64, 0);
-                for word in [count as usize, limit, harvested, mark] {
+                for word in [count as usize, limit, pointer, harvested, mark] {
                     spans.push((word, word + 8));
                 }
                 spans.push((slots as usize, slots as usize + capacity * 8));
@@ -869,6 +921,46 @@ mod tests {
                 unsafe { direct.push_at_home(0, item, code) == Ok(true) }
             });
             assert!(pushed, "home here: {code_of_here}");
+        }
+    }
+
+    /// Remembering a region prepares it for the fast paths: each list's slot pointer is the
+    /// list's slots there, as the table finds them, and the header holds the index's away mask.
+    /// A region no memo named stays untouched (zeroed), however many others were prepared.
+    #[test]
+    fn remembering_a_region_prepares_it_and_no_other() {
+        use super::super::homes::away_mask;
+        if crate::mode::rseq_path().is_none() {
+            return; // No rseq here: no memo.
+        }
+        let capacities = [3, 2048, 1, 100];
+        let arena = CacheArena::new(4, &capacities).unwrap();
+        // SAFETY: the arena outlives the table; nothing is pushed or popped.
+        let direct = unsafe { arena.direct(4) };
+        let counts_of = |id: u32| {
+            arena.mapping.as_ptr() as usize + ((id as usize) << arena.shift) + REGION_HEADER
+        };
+        let header = |id: u32| {
+            // SAFETY: a region's header, inside the mapping, only ever accessed atomically.
+            unsafe { AtomicU32::from_ptr((counts_of(id) - REGION_HEADER) as *mut u32) }
+                .load(Ordering::Relaxed)
+        };
+        for id in [2, 0, 2] {
+            direct.remember_as(id);
+            assert_eq!(header(id), away_mask(id));
+            for list in 0..capacities.len() {
+                let pointer = slot_pointer(counts_of(id), list).load(Ordering::Relaxed);
+                assert_eq!(
+                    Some(pointer as *mut usize),
+                    direct.cache(id, list).map(|c| c.1)
+                );
+            }
+        }
+        for id in [1, 3] {
+            assert_eq!(header(id), 0, "index {id}'s header");
+            for list in 0..capacities.len() {
+                assert_eq!(slot_pointer(counts_of(id), list).load(Ordering::Relaxed), 0);
+            }
         }
     }
 }
