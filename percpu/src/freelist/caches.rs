@@ -6,9 +6,10 @@
 //! [`homes`](super::homes)); then each freelist's count word and limit word (how many slots a
 //! push may fill now, read with the count), side by side; then a pointer to each freelist's
 //! slots, for [`DirectCaches`]; then each one's harvested word and overflow mark (written by any
-//! thread, so kept off the lines of the words before); then each freelist's slots. The slab allocator puts all its size classes in one arena this way, so a
-//! program using many classes keeps their count words in a few cache lines per CPU instead of
-//! one line (and one page) per class.
+//! thread, so kept off the lines of the words before); then each freelist's slots. The slab
+//! allocator puts all its size classes in one arena this way, so a program using many classes
+//! keeps their count words in a few cache lines per CPU instead of one line (and one page) per
+//! class.
 
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
@@ -52,21 +53,22 @@ const fn harvested_at(lists: usize) -> usize {
     round_up(count_at(0) + SLOT_POINTERS_AT + lists * 8, CPU_BLOCK_ALIGN)
 }
 
-/// The away mask in the header before `counts`, a remembered region's first count word (so
-/// stored: see [`Table::prepare`]).
+/// The away mask in the header before `counts`.
+///
+/// # Safety
+/// `counts` is the first count word of a region of a live arena, and this thread stored the
+/// mask, or read it with Acquire, before (see [`Table::prepare`]): a remembered region's.
 #[inline(always)]
-fn away_mask_before(counts: usize) -> u32 {
-    // SAFETY: the region's header, inside the arena's mapping, only ever accessed atomically.
-    // Relaxed: this thread stored it, or read it with Acquire, before writing the memo.
+unsafe fn away_mask_before(counts: usize) -> u32 {
+    // SAFETY: the region's header (the caller's contract), only ever accessed atomically.
     unsafe { AtomicU32::from_ptr((counts - REGION_HEADER) as *mut u32) }.load(Ordering::Relaxed)
 }
 
-/// The slot pointer of list `list` in the region whose first count word is `counts`.
+/// Where the slot pointer of list `list` lies in the region whose first count word is `counts`:
+/// inside the region (see [`harvested_at`]), aligned, only ever accessed atomically.
 #[inline(always)]
-fn slot_pointer(counts: usize, list: usize) -> &'static AtomicUsize {
-    // SAFETY: inside the region (see `harvested_at`), aligned, only ever accessed atomically;
-    // the arena's mapping outlives every table that gives out its regions.
-    unsafe { AtomicUsize::from_ptr((counts + SLOT_POINTERS_AT + list * 8) as *mut usize) }
+const fn slot_pointer_at(counts: usize, list: usize) -> *mut usize {
+    (counts + SLOT_POINTERS_AT + list * 8) as *mut usize
 }
 
 /// Per-CPU memory for the caches of `lists` freelists.
@@ -171,9 +173,10 @@ impl CacheArena {
 /// (see [`rseq_sys::memo`]), under the table's own tag, and the fast paths read it with the
 /// registration. From the remembered count word they find a list's count word by its number and
 /// its slots through the region's slot pointer, one load (the region is prepared when a memo
-/// first names it). The sequence compares the remembered index with the kernel's, so a thread that
-/// moved fails its attempt, and the slow paths call [`Self::remember`] to refresh the memo. That saves the index load, the bound and the multiply:
-/// with the commits by `add` (see rseq-sys), 10 instructions from a `malloc` and `free` pair and
+/// first names it). The sequence compares the remembered index with the kernel's, so a thread
+/// that moved fails its attempt, and the slow paths call [`Self::remember`] to refresh the memo.
+/// That saves the index load, the bound and the multiply: with the commits by `add` (see
+/// rseq-sys), 10 instructions from a `malloc` and `free` pair and
 /// 0.96 of the time on `larson` and `mstress`. The memo is kept for one table at a time per
 /// thread; a thread that alternates between two allocators only takes their slow paths more
 /// often.
@@ -229,7 +232,10 @@ impl Table {
             return;
         }
         for (list, &entry) in self.lists.iter().enumerate().take_while(|&(_, &e)| e != 0) {
-            slot_pointer(counts, list).store(counts + (entry as u32) as usize, Ordering::Relaxed);
+            // SAFETY: a slot pointer of a region of the published arena, which outlives the
+            // table.
+            unsafe { AtomicUsize::from_ptr(slot_pointer_at(counts, list)) }
+                .store(counts + (entry as u32) as usize, Ordering::Relaxed);
         }
         header.store(mask, Ordering::Release);
     }
@@ -390,15 +396,16 @@ impl DirectCaches {
     /// pointer, one load, where [`Self::cache_in`] takes the table's offset and an add.
     #[inline(always)]
     fn remembered_cache(&self, counts: usize, list: usize) -> (*mut usize, *mut usize) {
+        // SAFETY: a remembered region's slot pointer, stored (or seen with Acquire) by this
+        // thread before it wrote the memo; the arena outlives the table.
+        let slots = unsafe { AtomicUsize::from_ptr(slot_pointer_at(counts, list)) }
+            .load(Ordering::Relaxed) as *mut usize;
         debug_assert_eq!(
-            slot_pointer(counts, list).load(Ordering::Relaxed) as *mut usize,
+            slots,
             self.cache_in(counts, list).1,
             "list {list}'s slot pointer"
         );
-        (
-            (counts + list * WORD_PAIR) as *mut usize,
-            slot_pointer(counts, list).load(Ordering::Relaxed) as *mut usize,
-        )
+        ((counts + list * WORD_PAIR) as *mut usize, slots)
     }
 
     /// List `list`'s rseq cache on index `id`: count word and slots; `None` for indices without
@@ -468,7 +475,8 @@ impl DirectCaches {
         // branch for both cases (no home, or index `id`'s): a branch on `home != 0` alone
         // mispredicts in programs that mix homed and other classes (16 and 516 bytes at random
         // took 1.47× the time without homes that way, 1.11× with one branch).
-        if home & away_mask_before(counts) != 0 {
+        // SAFETY: a remembered region's (see `remember`).
+        if home & unsafe { away_mask_before(counts) } != 0 {
             // The other table's region is not remembered: found through its own bound.
             let Some((count, slots)) = away.cache(id, list) else {
                 return false;
@@ -503,7 +511,8 @@ impl DirectCaches {
             counts,
         } = self.remembered()?;
         // As in `push_homed_with`.
-        if home & away_mask_before(counts) != 0 {
+        // SAFETY: a remembered region's (see `remember`).
+        if home & unsafe { away_mask_before(counts) } != 0 {
             return Ok(false);
         }
         let (count, slots) = self.remembered_cache(counts, list);
@@ -713,7 +722,7 @@ mod tests {
                     count as usize + 8,
                     "each limit beside its count word"
                 );
-                let pointer = slot_pointer(count as usize - 16 * l, l).as_ptr() as usize;
+                let pointer = slot_pointer_at(count as usize - 16 * l, l) as usize;
                 assert_eq!(pointer, base + REGION_HEADER + SLOT_POINTERS_AT + 8 * l);
                 // Written by any thread: on lines of their own, past the fast paths' words.
                 assert_eq!(harvested, base + harvested_at(3) + 16 * l);
@@ -949,7 +958,10 @@ mod tests {
             direct.remember_as(id);
             assert_eq!(header(id), away_mask(id));
             for list in 0..capacities.len() {
-                let pointer = slot_pointer(counts_of(id), list).load(Ordering::Relaxed);
+                // SAFETY: a slot pointer of the arena's, only ever accessed atomically.
+                let pointer =
+                    unsafe { AtomicUsize::from_ptr(slot_pointer_at(counts_of(id), list)) }
+                        .load(Ordering::Relaxed);
                 assert_eq!(
                     Some(pointer as *mut usize),
                     direct.cache(id, list).map(|c| c.1)
@@ -959,7 +971,10 @@ mod tests {
         for id in [1, 3] {
             assert_eq!(header(id), 0, "index {id}'s header");
             for list in 0..capacities.len() {
-                assert_eq!(slot_pointer(counts_of(id), list).load(Ordering::Relaxed), 0);
+                // SAFETY: as above.
+                let pointer =
+                    unsafe { AtomicUsize::from_ptr(slot_pointer_at(counts_of(id), list)) };
+                assert_eq!(pointer.load(Ordering::Relaxed), 0);
             }
         }
     }
