@@ -2,9 +2,10 @@
 //! `LD_PRELOAD=target/release/libpercpu_malloc.so program`.
 //!
 //! Exports `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
-//! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size` and `malloc_trim`, with
-//! glibc's semantics: `errno = ENOMEM` on failure, `free(NULL)` does nothing, `realloc(p, 0)`
-//! frees `p` and returns NULL, `calloc` and `reallocarray` check their multiplication.
+//! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim` and
+//! `malloc_stats`, with glibc's semantics: `errno = ENOMEM` on failure, `free(NULL)` does
+//! nothing, `realloc(p, 0)` frees `p` and returns NULL, `calloc` and `reallocarray` check their
+//! multiplication.
 //!
 //! # The first call
 //! The first call may come from libc or the dynamic loader before `main`. The allocator
@@ -13,7 +14,8 @@
 //! which may call `malloc` again: rseq-sys refuses re-entrant registration, so that inner call
 //! takes the atomic fallback path and nothing recurses or deadlocks.
 //!
-//! `PERCPU_MALLOC_STATS=1` prints the allocator's statistics to stderr at exit.
+//! `PERCPU_MALLOC_STATS=1` prints the allocator's statistics to stderr at exit; `malloc_stats()`
+//! prints them whenever a program calls it.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -256,6 +258,20 @@ extern "C" fn print_stats() {
         &mut Stderr,
         format_args!("percpu-malloc statistics:\n{}\n", ALLOCATOR.stats()),
     );
+}
+
+/// glibc's `malloc_stats`: the statistics, now, to stderr (the report `PERCPU_MALLOC_STATS=1`
+/// prints at exit). glibc's own would describe arenas this library never uses.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_stats() {
+    // A program may call it with no report arranged: then fd 2 as it is now.
+    let _ = STATS_FD.compare_exchange(
+        -1,
+        2,
+        core::sync::atomic::Ordering::Relaxed,
+        core::sync::atomic::Ordering::Relaxed,
+    );
+    print_stats();
 }
 
 /// Runs when the library loads: arranges the statistics report.

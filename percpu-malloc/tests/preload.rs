@@ -364,3 +364,44 @@ fn statistics_at_exit_when_asked() {
         String::from_utf8_lossy(&quiet.stderr)
     );
 }
+
+/// `malloc_stats()`, glibc's call for a report on stderr, gives percpu's statistics as they are
+/// at the call (glibc's would describe arenas the preloaded library never uses), with no exit
+/// report unless asked for.
+#[test]
+fn malloc_stats_reports_the_blocks_in_use_now() {
+    // 300 blocks of 1000 bytes (class 1024) held across the call, then freed.
+    let script = "
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+held = [libc.malloc(1000) for _ in range(300)]
+libc.malloc_stats()
+for p in held: libc.free(p)
+print('done')
+";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .env("LD_PRELOAD", library())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stderr}", out.status);
+    assert_eq!(out.stdout, b"done\n");
+    assert_eq!(
+        stderr.matches("percpu-malloc statistics:").count(),
+        1,
+        "one report, at the call:\n{stderr}"
+    );
+    // The 1024-byte class's row: class, allocs, frees, in use (a number and its unit), ...
+    let row: Vec<&str> = stderr
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&"1024"))
+        .unwrap_or_else(|| panic!("no row for class 1024:\n{stderr}"));
+    let (allocs, frees): (u64, u64) = (row[1].parse().unwrap(), row[2].parse().unwrap());
+    let in_use: f64 = row[3].parse().unwrap();
+    assert!(allocs - frees >= 300, "{row:?}");
+    assert!(row[4] == "KiB" && in_use >= 300.0, "{row:?}");
+}
