@@ -17,7 +17,7 @@ wrap=()
 [ -n "${MALLOC_BENCH_NO_RSEQ:-}" ] && wrap=("$(program norseq)")
 
 allocators=(glibc percpu mimalloc jemalloc tcmalloc)
-shapes=(larson xmalloc scratch mstress small)
+shapes=(larson xmalloc scratch mstress small handoff)
 results=$work/results.txt
 : >"$results"
 for shape in "${shapes[@]}"; do

@@ -3,12 +3,16 @@
  *   larson   server simulation: threads replace random blocks in a shared-out array, then hand
  *            the array to a new generation of threads (blocks freed by threads that did not
  *            allocate them, and threads that come and go)
- *   xmalloc  producer/consumer: half the threads allocate, the other half free what they get
+ *   xmalloc  producer/consumer: half the threads allocate, the other half free what they get,
+ *            passed in batches of 512 blocks under a lock, as the Lever-Boreham original passes
+ *            them (in batches of 4096)
  *   scratch  cache-scratch: each thread repeatedly allocates a small object and writes it hard;
  *            an allocator that gives neighbouring threads one cache line loses (false sharing)
  *   mstress  churn: each thread keeps a window of live blocks of mixed sizes (some large),
  *            freeing and allocating at random, with reallocs
  *   small    single-threaded small-object churn: linked lists built and torn down
+ *   handoff  xmalloc with each block passed on its own, under the lock: the lock's futex traffic,
+ *            more than the allocator, sets its time (kept for comparison with earlier figures)
  *
  * usage: shapes SHAPE THREADS [SCALE]    prints: SHAPE THREADS SECONDS PEAK_RSS_KB */
 #define _GNU_SOURCE
@@ -80,12 +84,81 @@ static void larson(void) {
 }
 
 /* ---- xmalloc ---- */
-#define RING 4096
-struct ring { void *item[RING]; volatile long head, tail; pthread_mutex_t lock; pthread_cond_t cond; };
+#define BATCH 512
+/* At most 4096 blocks in flight per pair, as in `handoff`'s ring: six batches queued, one being
+ * filled, one being freed. */
+#define QUEUED_BATCHES 6
+struct batch { struct batch *next; void *item[BATCH]; };
+struct queue { struct batch *head, *tail; int queued; pthread_mutex_t lock; pthread_cond_t cond; };
 
 static long xmalloc_items(void) { return 2000000 * scale; }
 
 static void *producer(void *arg) {
+    struct queue *q = arg;
+    uint64_t rng = (uint64_t)(uintptr_t)arg | 1;
+    for (long i = 0; i < xmalloc_items(); i += BATCH) {
+        struct batch *b = must(malloc(sizeof *b));
+        b->next = NULL;
+        for (int j = 0; j < BATCH; j++) {
+            b->item[j] = must(malloc(16 + next(&rng) % 240));
+            memset(b->item[j], 1, 16);
+        }
+        pthread_mutex_lock(&q->lock);
+        while (q->queued == QUEUED_BATCHES) pthread_cond_wait(&q->cond, &q->lock);
+        if (q->tail) q->tail->next = b;
+        else q->head = b;
+        q->tail = b;
+        q->queued++;
+        pthread_cond_broadcast(&q->cond);
+        pthread_mutex_unlock(&q->lock);
+    }
+    return NULL;
+}
+
+static void *consumer(void *arg) {
+    struct queue *q = arg;
+    for (long i = 0; i < xmalloc_items(); i += BATCH) {
+        pthread_mutex_lock(&q->lock);
+        while (!q->head) pthread_cond_wait(&q->cond, &q->lock);
+        struct batch *b = q->head;
+        q->head = b->next;
+        if (!q->head) q->tail = NULL;
+        q->queued--;
+        pthread_cond_broadcast(&q->cond);
+        pthread_mutex_unlock(&q->lock);
+        for (int j = 0; j < BATCH; j++) free(b->item[j]);
+        free(b);
+    }
+    return NULL;
+}
+
+static void *xmalloc_pair(void *arg) {
+    struct queue *q = arg;
+    pthread_t c;
+    pthread_create(&c, NULL, consumer, q);
+    producer(q);
+    pthread_join(c, NULL);
+    return NULL;
+}
+
+static void xmalloc(void) {
+    int pairs = threads / 2 > 0 ? threads / 2 : 1;
+    struct queue *queues = must(calloc((size_t)pairs, sizeof *queues));
+    void *args[1024];
+    for (int p = 0; p < pairs; p++) {
+        pthread_mutex_init(&queues[p].lock, NULL);
+        pthread_cond_init(&queues[p].cond, NULL);
+        args[p] = &queues[p];
+    }
+    run_threads(pairs, xmalloc_pair, args);
+    free(queues);
+}
+
+/* ---- handoff: xmalloc, one block at a time ---- */
+#define RING 4096
+struct ring { void *item[RING]; volatile long head, tail; pthread_mutex_t lock; pthread_cond_t cond; };
+
+static void *handoff_producer(void *arg) {
     struct ring *r = arg;
     uint64_t rng = (uint64_t)(uintptr_t)arg | 1;
     for (long i = 0; i < xmalloc_items(); i++) {
@@ -100,7 +173,7 @@ static void *producer(void *arg) {
     return NULL;
 }
 
-static void *consumer(void *arg) {
+static void *handoff_consumer(void *arg) {
     struct ring *r = arg;
     for (long i = 0; i < xmalloc_items(); i++) {
         pthread_mutex_lock(&r->lock);
@@ -113,16 +186,16 @@ static void *consumer(void *arg) {
     return NULL;
 }
 
-static void *xmalloc_pair(void *arg) {
+static void *handoff_pair(void *arg) {
     struct ring *r = arg;
     pthread_t c;
-    pthread_create(&c, NULL, consumer, r);
-    producer(r);
+    pthread_create(&c, NULL, handoff_consumer, r);
+    handoff_producer(r);
     pthread_join(c, NULL);
     return NULL;
 }
 
-static void xmalloc(void) {
+static void handoff(void) {
     int pairs = threads / 2 > 0 ? threads / 2 : 1;
     struct ring *rings = must(calloc((size_t)pairs, sizeof *rings));
     void *args[1024];
@@ -131,7 +204,7 @@ static void xmalloc(void) {
         pthread_cond_init(&rings[p].cond, NULL);
         args[p] = &rings[p];
     }
-    run_threads(pairs, xmalloc_pair, args);
+    run_threads(pairs, handoff_pair, args);
     free(rings);
 }
 
@@ -221,7 +294,7 @@ static long peak_rss_kib(void) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s larson|xmalloc|scratch|mstress|small THREADS [SCALE]\n", argv[0]);
+        fprintf(stderr, "usage: %s larson|xmalloc|scratch|mstress|small|handoff THREADS [SCALE]\n", argv[0]);
         return 2;
     }
     threads = atoi(argv[2]);
@@ -233,6 +306,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "scratch")) scratch();
     else if (!strcmp(argv[1], "mstress")) mstress();
     else if (!strcmp(argv[1], "small")) small();
+    else if (!strcmp(argv[1], "handoff")) handoff();
     else {
         fprintf(stderr, "unknown shape %s\n", argv[1]);
         return 2;
