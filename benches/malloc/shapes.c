@@ -17,6 +17,7 @@
  * usage: shapes SHAPE THREADS [SCALE]    prints: SHAPE THREADS SECONDS PEAK_RSS_KB */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,15 +84,48 @@ static void larson(void) {
     free(ls);
 }
 
+/* ---- producer/consumer pairs (xmalloc, handoff) ---- */
+/* What a pair shares besides the blocks it passes: the last member of each shape's state, so the
+ * state keeps the layout it was measured with. */
+struct pair { pthread_mutex_t lock; pthread_cond_t cond; };
+
+static void *(*pair_producer)(void *), *(*pair_consumer)(void *);
+
+static void *run_pair(void *state) {
+    pthread_t c;
+    pthread_create(&c, NULL, pair_consumer, state);
+    pair_producer(state);
+    pthread_join(c, NULL);
+    return NULL;
+}
+
+/* Half the threads produce, each with a consumer of its own; each pair's state is `size` bytes,
+ * zeroed, with its `struct pair` at `pair_at`. */
+static void run_pairs(size_t size, size_t pair_at, void *(*producer)(void *), void *(*consumer)(void *)) {
+    int pairs = threads / 2 > 0 ? threads / 2 : 1;
+    char *states = must(calloc((size_t)pairs, size));
+    void *args[1024];
+    pair_producer = producer;
+    pair_consumer = consumer;
+    for (int p = 0; p < pairs; p++) {
+        struct pair *shared = (struct pair *)(states + (size_t)p * size + pair_at);
+        pthread_mutex_init(&shared->lock, NULL);
+        pthread_cond_init(&shared->cond, NULL);
+        args[p] = states + (size_t)p * size;
+    }
+    run_threads(pairs, run_pair, args);
+    free(states);
+}
+
+static long xmalloc_items(void) { return 2000000 * scale; }
+
 /* ---- xmalloc ---- */
 #define BATCH 512
 /* At most 4096 blocks in flight per pair, as in `handoff`'s ring: six batches queued, one being
  * filled, one being freed. */
 #define QUEUED_BATCHES 6
 struct batch { struct batch *next; void *item[BATCH]; };
-struct queue { struct batch *head, *tail; int queued; pthread_mutex_t lock; pthread_cond_t cond; };
-
-static long xmalloc_items(void) { return 2000000 * scale; }
+struct queue { struct batch *head, *tail; int queued; struct pair pair; };
 
 static void *producer(void *arg) {
     struct queue *q = arg;
@@ -103,14 +137,14 @@ static void *producer(void *arg) {
             b->item[j] = must(malloc(16 + next(&rng) % 240));
             memset(b->item[j], 1, 16);
         }
-        pthread_mutex_lock(&q->lock);
-        while (q->queued == QUEUED_BATCHES) pthread_cond_wait(&q->cond, &q->lock);
+        pthread_mutex_lock(&q->pair.lock);
+        while (q->queued == QUEUED_BATCHES) pthread_cond_wait(&q->pair.cond, &q->pair.lock);
         if (q->tail) q->tail->next = b;
         else q->head = b;
         q->tail = b;
         q->queued++;
-        pthread_cond_broadcast(&q->cond);
-        pthread_mutex_unlock(&q->lock);
+        pthread_cond_broadcast(&q->pair.cond);
+        pthread_mutex_unlock(&q->pair.lock);
     }
     return NULL;
 }
@@ -118,45 +152,25 @@ static void *producer(void *arg) {
 static void *consumer(void *arg) {
     struct queue *q = arg;
     for (long i = 0; i < xmalloc_items(); i += BATCH) {
-        pthread_mutex_lock(&q->lock);
-        while (!q->head) pthread_cond_wait(&q->cond, &q->lock);
+        pthread_mutex_lock(&q->pair.lock);
+        while (!q->head) pthread_cond_wait(&q->pair.cond, &q->pair.lock);
         struct batch *b = q->head;
         q->head = b->next;
         if (!q->head) q->tail = NULL;
         q->queued--;
-        pthread_cond_broadcast(&q->cond);
-        pthread_mutex_unlock(&q->lock);
+        pthread_cond_broadcast(&q->pair.cond);
+        pthread_mutex_unlock(&q->pair.lock);
         for (int j = 0; j < BATCH; j++) free(b->item[j]);
         free(b);
     }
     return NULL;
 }
 
-static void *xmalloc_pair(void *arg) {
-    struct queue *q = arg;
-    pthread_t c;
-    pthread_create(&c, NULL, consumer, q);
-    producer(q);
-    pthread_join(c, NULL);
-    return NULL;
-}
-
-static void xmalloc(void) {
-    int pairs = threads / 2 > 0 ? threads / 2 : 1;
-    struct queue *queues = must(calloc((size_t)pairs, sizeof *queues));
-    void *args[1024];
-    for (int p = 0; p < pairs; p++) {
-        pthread_mutex_init(&queues[p].lock, NULL);
-        pthread_cond_init(&queues[p].cond, NULL);
-        args[p] = &queues[p];
-    }
-    run_threads(pairs, xmalloc_pair, args);
-    free(queues);
-}
+static void xmalloc(void) { run_pairs(sizeof(struct queue), offsetof(struct queue, pair), producer, consumer); }
 
 /* ---- handoff: xmalloc, one block at a time ---- */
 #define RING 4096
-struct ring { void *item[RING]; volatile long head, tail; pthread_mutex_t lock; pthread_cond_t cond; };
+struct ring { void *item[RING]; volatile long head, tail; struct pair pair; };
 
 static void *handoff_producer(void *arg) {
     struct ring *r = arg;
@@ -164,11 +178,11 @@ static void *handoff_producer(void *arg) {
     for (long i = 0; i < xmalloc_items(); i++) {
         void *p = must(malloc(16 + next(&rng) % 240));
         memset(p, 1, 16);
-        pthread_mutex_lock(&r->lock);
-        while (r->head - r->tail == RING) pthread_cond_wait(&r->cond, &r->lock);
+        pthread_mutex_lock(&r->pair.lock);
+        while (r->head - r->tail == RING) pthread_cond_wait(&r->pair.cond, &r->pair.lock);
         r->item[r->head++ % RING] = p;
-        pthread_cond_broadcast(&r->cond);
-        pthread_mutex_unlock(&r->lock);
+        pthread_cond_broadcast(&r->pair.cond);
+        pthread_mutex_unlock(&r->pair.lock);
     }
     return NULL;
 }
@@ -176,36 +190,18 @@ static void *handoff_producer(void *arg) {
 static void *handoff_consumer(void *arg) {
     struct ring *r = arg;
     for (long i = 0; i < xmalloc_items(); i++) {
-        pthread_mutex_lock(&r->lock);
-        while (r->head == r->tail) pthread_cond_wait(&r->cond, &r->lock);
+        pthread_mutex_lock(&r->pair.lock);
+        while (r->head == r->tail) pthread_cond_wait(&r->pair.cond, &r->pair.lock);
         void *p = r->item[r->tail++ % RING];
-        pthread_cond_broadcast(&r->cond);
-        pthread_mutex_unlock(&r->lock);
+        pthread_cond_broadcast(&r->pair.cond);
+        pthread_mutex_unlock(&r->pair.lock);
         free(p);
     }
     return NULL;
 }
 
-static void *handoff_pair(void *arg) {
-    struct ring *r = arg;
-    pthread_t c;
-    pthread_create(&c, NULL, handoff_consumer, r);
-    handoff_producer(r);
-    pthread_join(c, NULL);
-    return NULL;
-}
-
 static void handoff(void) {
-    int pairs = threads / 2 > 0 ? threads / 2 : 1;
-    struct ring *rings = must(calloc((size_t)pairs, sizeof *rings));
-    void *args[1024];
-    for (int p = 0; p < pairs; p++) {
-        pthread_mutex_init(&rings[p].lock, NULL);
-        pthread_cond_init(&rings[p].cond, NULL);
-        args[p] = &rings[p];
-    }
-    run_threads(pairs, handoff_pair, args);
-    free(rings);
+    run_pairs(sizeof(struct ring), offsetof(struct ring, pair), handoff_producer, handoff_consumer);
 }
 
 /* ---- cache-scratch ---- */
