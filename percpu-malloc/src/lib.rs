@@ -2,10 +2,10 @@
 //! `LD_PRELOAD=target/release/libpercpu_malloc.so program`.
 //!
 //! Exports `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
-//! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim` and
-//! `malloc_stats`, with glibc's semantics: `errno = ENOMEM` on failure, `free(NULL)` does
-//! nothing, `realloc(p, 0)` frees `p` and returns NULL, `calloc` and `reallocarray` check their
-//! multiplication.
+//! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim`,
+//! `malloc_stats`, `mallinfo` and `mallinfo2`, with glibc's semantics: `errno = ENOMEM` on
+//! failure, `free(NULL)` does nothing, `realloc(p, 0)` frees `p` and returns NULL, `calloc` and
+//! `reallocarray` check their multiplication.
 //!
 //! # The first call
 //! The first call may come from libc or the dynamic loader before `main`. The allocator
@@ -15,7 +15,7 @@
 //! takes the atomic fallback path and nothing recurses or deadlocks.
 //!
 //! `PERCPU_MALLOC_STATS=1` prints the allocator's statistics to stderr at exit; `malloc_stats()`
-//! prints them whenever a program calls it.
+//! prints them whenever a program calls it, and `mallinfo2()` returns them in glibc's fields.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -228,6 +228,53 @@ pub unsafe extern "C" fn malloc_usable_size(block: *mut c_void) -> usize {
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
     c_int::from(ALLOCATOR.trim() > 0)
+}
+
+/// glibc's `mallinfo2`: the allocator's statistics in glibc's fields, for programs that report
+/// their memory through it (glibc's own would describe arenas this library never uses).
+/// - `arena`: slab memory mapped and not handed back to the kernel; `uordblks` of it is in
+///   blocks in use, `fordblks` is the rest (free blocks, and slab space not carved yet);
+/// - `hblks` and `hblkhd`: the large blocks in use (a mapping each) and their bytes;
+/// - free-chunk counts, fastbins and the releasable top have no counterpart here: 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn mallinfo2() -> libc::mallinfo2 {
+    let stats = ALLOCATOR.stats();
+    let arena = stats
+        .slab_mapped_bytes
+        .saturating_sub(stats.slab_released_bytes);
+    let in_use = stats.in_use_bytes() - stats.large_in_use_bytes;
+    libc::mallinfo2 {
+        arena,
+        ordblks: 0,
+        smblks: 0,
+        hblks: stats.large_allocs.saturating_sub(stats.large_frees) as usize,
+        hblkhd: stats.large_in_use_bytes,
+        usmblks: 0,
+        fsmblks: 0,
+        uordblks: in_use,
+        fordblks: arena.saturating_sub(in_use),
+        keepcost: 0,
+    }
+}
+
+/// glibc's `mallinfo`: [`mallinfo2`]'s fields as `int`s, each held at `INT_MAX` where it is
+/// larger (glibc's wrap around instead).
+#[unsafe(no_mangle)]
+pub extern "C" fn mallinfo() -> libc::mallinfo {
+    let info = mallinfo2();
+    let int = |n: usize| c_int::try_from(n).unwrap_or(c_int::MAX);
+    libc::mallinfo {
+        arena: int(info.arena),
+        ordblks: int(info.ordblks),
+        smblks: int(info.smblks),
+        hblks: int(info.hblks),
+        hblkhd: int(info.hblkhd),
+        usmblks: int(info.usmblks),
+        fsmblks: int(info.fsmblks),
+        uordblks: int(info.uordblks),
+        fordblks: int(info.fordblks),
+        keepcost: int(info.keepcost),
+    }
 }
 
 /// A copy of stderr taken at load time: programs may close fd 2 at exit before our report runs

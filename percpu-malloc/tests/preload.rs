@@ -405,3 +405,61 @@ print('done')
     assert!(allocs.saturating_sub(frees) >= 300, "{row:?}");
     assert!(row[4] == "KiB" && in_use >= 300.0, "{row:?}");
 }
+
+/// `mallinfo2()` and `mallinfo()` give the allocator's figures in glibc's fields: blocks in use
+/// within the arena, and large blocks (a mapping each) apart.
+#[test]
+fn mallinfo_reports_the_blocks_in_use_now() {
+    // 300 blocks of 1000 bytes and one of 4 MiB held across the calls, then freed.
+    let script = "
+import ctypes
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+        ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+class IntInfo(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int) for n, _ in Info._fields_]
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = Info
+libc.mallinfo.restype = IntInfo
+before = libc.mallinfo2()
+held = [libc.malloc(1000) for _ in range(300)] + [libc.malloc(4 << 20)]
+now, small = libc.mallinfo2(), libc.mallinfo()
+for p in held: libc.free(p)
+for info in (before, now, small):
+    print(' '.join(str(getattr(info, n)) for n, _ in Info._fields_))
+";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .env("LD_PRELOAD", library())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<u64>> = stdout
+        .lines()
+        .map(|line| line.split(' ').map(|n| n.parse().unwrap()).collect())
+        .collect();
+    let [before, now, small] = [&rows[0], &rows[1], &rows[2]];
+    let (arena, hblks, hblkhd, uordblks, fordblks) = (0, 3, 4, 7, 8);
+    assert!(
+        now[uordblks] >= before[uordblks] + 300 * 1000,
+        "{now:?} {before:?}"
+    );
+    assert!(now[hblks] > before[hblks], "{now:?} {before:?}");
+    assert!(
+        now[hblkhd] >= before[hblkhd] + (4 << 20),
+        "{now:?} {before:?}"
+    );
+    assert_eq!(now[arena], now[uordblks] + now[fordblks], "{now:?}");
+    assert_eq!(
+        small, now,
+        "the int fields hold the same figures while they fit"
+    );
+}
