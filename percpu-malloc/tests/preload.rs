@@ -365,6 +365,18 @@ fn statistics_at_exit_when_asked() {
     );
 }
 
+/// Runs a python3 script under the preload, checking it exits 0: its stdout and stderr.
+fn python3_preloaded(script: &str) -> (String, String) {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .env("LD_PRELOAD", library())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{}\n{stderr}", out.status);
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
 /// `malloc_stats()`, glibc's call for a report on stderr, gives percpu's statistics as they are
 /// at the call (glibc's would describe arenas the preloaded library never uses), with no exit
 /// report unless asked for.
@@ -381,14 +393,8 @@ libc.malloc_stats()
 for p in held: libc.free(p)
 print('done')
 ";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .env("LD_PRELOAD", library())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{}\n{stderr}", out.status);
-    assert_eq!(out.stdout, b"done\n");
+    let (stdout, stderr) = python3_preloaded(script);
+    assert_eq!(stdout, "done\n");
     assert_eq!(
         stderr.matches("percpu-malloc statistics:").count(),
         1,
@@ -430,18 +436,7 @@ for p in held: libc.free(p)
 for info in (before, now, small):
     print(' '.join(str(getattr(info, n)) for n, _ in Info._fields_))
 ";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .env("LD_PRELOAD", library())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = python3_preloaded(script);
     let rows: Vec<Vec<u64>> = stdout
         .lines()
         .map(|line| line.split(' ').map(|n| n.parse().unwrap()).collect())
