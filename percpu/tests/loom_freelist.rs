@@ -13,10 +13,11 @@
 //!    waits for the lock. The slots are plain memory (loom cells), so loom checks that the lock
 //!    orders every access to them; with a Relaxed lock it must report the race.
 //! 4. The global level's fresh slots (`take_fresh`/`map_chunk` in `freelist/global.rs`): threads
-//!    claim runs of never-used slots with a compare-exchange on one counter, mapping a chunk
-//!    first when nobody has (the loser of that race discards its mapping). Claims must never
-//!    overlap, and a chunk's memory must be published (Release) before its pointer: loom checks
-//!    the slot writes as plain memory, and with a Relaxed publish it must report the race.
+//!    of every level sharing a slot pool claim runs of never-used slots with a compare-exchange
+//!    on the pool's one counter, mapping a chunk first when nobody has (the loser of that race
+//!    discards its mapping). Claims must never overlap, and a chunk's memory must be published
+//!    (Release) before its pointer: loom checks the slot writes as plain memory, and with a
+//!    Relaxed publish it must report the race.
 #![cfg(loom)]
 
 use std::ptr;

@@ -1,11 +1,8 @@
 //! The global level: lock-free stacks of chains of slots, allocation-free and ABA-safe.
 //!
-//! Items (block addresses) sit six to a 64-byte slot, slots addressed by 32-bit indices, in
-//! chunks handed out from the front as first needed, so that a chunk's pages are touched only as
-//! far as its slots have been used (most levels hold a few batches). The first chunk lies in the
-//! level's header, right after the stack heads, so a level holding a few batches touches one
-//! page in all; the others are mapped on demand. A chain is a linked run of slots (`next`); its
-//! first slot records its length and the chain below it on a stack (`next_chain`). Two stacks
+//! Items (block addresses) sit six to a 64-byte slot, slots addressed by 32-bit indices. A chain
+//! is a linked run of slots (`next`); its first slot records its length and the chain below it
+//! on a stack (`next_chain`). Each level (a shard of one freelist's global level) has two stacks
 //! of chains:
 //!
 //! - `full`: batches of items, each at most [`MAX_CHAIN`] long, packed in order into their
@@ -15,27 +12,38 @@
 //! Each stack's head is one `AtomicU64`: the first chain's index in the low half, a tag in the
 //! high half that every successful push and pop increments. A pop that read the head, was
 //! preempted while the same chain was popped and pushed back (ABA), fails its compare-exchange on
-//! the tag instead of installing a stale `next_chain`. Slots are never unmapped while the
-//! structure lives, so reading a stale slot is harmless; 2^32 head changes during one preemption
-//! would be needed to fool the tag.
+//! the tag instead of installing a stale `next_chain`. Slots are never unmapped while the pool
+//! lives, so reading a stale slot is harmless; 2^32 head changes during one preemption would be
+//! needed to fool the tag.
+//!
+//! # The pool
+//! Levels take their slots from a [`SlotPool`], shared by every shard of a freelist and, in the
+//! slab allocator, by every class: its slots lie in chunks handed out from the front as first
+//! needed, and a level takes fresh ones only when its own `free` stack is empty, keeping them
+//! from then on. So the memory the levels touch is the sum of their largest holdings, packed
+//! together, rather than a page or more for every level that ever held an item: in a
+//! producer/consumer program on 2 CPUs, the 34 of the allocator's 102 levels in use touched
+//! 42–51 pages when each had a mapping of its own, and 26–37 in one pool (BENCHMARKS.md). The pool also holds the levels' stack
+//! heads, two cache lines per level, each freelist's shards side by side: a program using a few
+//! size classes touches their heads only.
 //!
 //! Everything here is plain atomics over `mmap`ed memory: no global allocator, no locks, so
 //! threads without rseq use it directly and a global allocator can build on it.
 
-use core::ptr;
+use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-use crate::storage::Mapping;
+use crate::storage::{Mapping, round_up};
 
 /// End of a chain or of a stack.
 const NIL: u32 = u32::MAX;
 const CHUNK_SHIFT: u32 = 8;
 const CHUNK_SLOTS: usize = 1 << CHUNK_SHIFT;
 /// Chunks of 256 slots (16 KiB of address space, a page of which is touched per 64 slots used):
-/// up to 4 M slots, 25 M items, per shard.
-const MAX_CHUNKS: usize = 1 << 14;
+/// up to 16 M slots, 100 M items, per pool.
+const MAX_CHUNKS: usize = 1 << 16;
 /// Longest chain on the `full` stack: the most items one batch move carries.
 pub(crate) const MAX_CHAIN: usize = 64;
 /// Items per slot: six words and the links fill a cache line, so an item held costs 11 bytes
@@ -65,11 +73,6 @@ struct Slot {
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 
-/// A Treiber stack of chains with a tagged head.
-struct ChainStack {
-    head: CachePadded<AtomicU64>,
-}
-
 /// A head holds its first slot XOR NIL, so zeroed memory is an empty stack: a level whose
 /// freelist is never used costs no touched page.
 const fn pack(tag: u32, first: u32) -> u64 {
@@ -84,135 +87,135 @@ const fn tag_of(head: u64) -> u32 {
     (head >> 32) as u32
 }
 
-/// Everything at the global level, in one zeroed mapping.
+/// One level's two Treiber stacks of chains with tagged heads, together (the operations that
+/// use one use the other: a batch moved in takes slots from `free` and pushes onto `full`, from
+/// the same thread) and alone on a pair of cache lines (adjacent-line prefetch makes 64-byte
+/// separation share in practice), as other CPUs use the levels beside it.
+#[repr(C, align(128))]
+struct Heads {
+    full: AtomicU64,
+    free: AtomicU64,
+}
+
+/// The start of a pool's mapping; the levels' heads follow it, from [`HEADS_AT`].
 #[repr(C)]
-struct Header {
-    full: ChainStack,
-    free: ChainStack,
-    /// The first slot never handed out: slots below it are in chains (on a stack or taken),
-    /// slots from it on are untouched. Only grows.
-    fresh: AtomicU32,
-    /// Chunk 0's slots, on the stack heads' page and the pages after it: a level that never
-    /// holds more than about 350 items touches that one page in all. Its entry in `chunks`
-    /// stays null.
-    first_chunk: [Slot; CHUNK_SLOTS],
-    /// Chunks 1 and up, mapped on demand.
+struct PoolHeader {
+    /// The first slot never handed out: slots below it belong to levels (on their stacks or
+    /// taken), slots from it on are untouched. Only grows; on a line of its own, as every level
+    /// of the pool may claim slots.
+    fresh: CachePadded<AtomicU32>,
+    /// The chunks, mapped on demand, in order.
     chunks: [AtomicPtr<Slot>; MAX_CHUNKS],
 }
 
-/// The global level of a freelist.
-pub(crate) struct Global {
+/// Byte offset of the first level's heads in a pool's mapping.
+const HEADS_AT: usize = round_up(
+    core::mem::size_of::<PoolHeader>(),
+    core::mem::align_of::<Heads>(),
+);
+
+/// Slots for the levels of one or more freelists (`lists` of them, `shards` levels each), and
+/// the levels' stack heads, in one zeroed mapping; chunks of slots are mapped as first needed.
+pub(crate) struct SlotPool {
     header: Mapping,
+    lists: usize,
+    shards: usize,
 }
 
-impl core::fmt::Debug for Global {
+impl core::fmt::Debug for SlotPool {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Global").finish_non_exhaustive()
+        f.debug_struct("SlotPool")
+            .field("lists", &self.lists)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
     }
 }
 
-impl Global {
-    /// Maps the header (chunks come later, on demand). `None` if the kernel refuses memory.
-    pub(crate) fn new() -> Option<Global> {
-        let header = Mapping::new(core::mem::size_of::<Header>())?;
-        // Zeroed: both stacks empty (see `pack`), nothing written until first used.
-        Some(Global { header })
+impl SlotPool {
+    /// A pool for the global levels of `lists` freelists over `cpus` possible CPUs (each
+    /// freelist a shard per CPU up to [`MAX_SHARDS`]). `None` if the kernel refuses memory.
+    pub(crate) fn new(lists: usize, cpus: usize) -> Option<SlotPool> {
+        let shards = cpus.clamp(1, MAX_SHARDS);
+        let levels = lists.checked_mul(shards)?;
+        let len = levels
+            .checked_mul(core::mem::size_of::<Heads>())?
+            .checked_add(HEADS_AT)?;
+        // Zeroed: every stack empty (see `pack`), no chunk mapped, nothing written until used.
+        let header = Mapping::new(len)?;
+        Some(SlotPool {
+            header,
+            lists,
+            shards,
+        })
     }
 
-    fn h(&self) -> &Header {
-        // SAFETY: the mapping is at least `size_of::<Header>()` bytes, page-aligned, zeroed
-        // (a valid Header: null chunks, atomics), and lives as long as `self`.
-        unsafe { &*self.header.as_ptr().cast::<Header>() }
+    /// Freelist `list`'s global level, its shards in this pool.
+    ///
+    /// # Safety
+    /// The pool outlives the returned shards, and no other `Shards` is made for `list`.
+    pub(crate) unsafe fn shards(&self, list: usize) -> Shards {
+        assert!(
+            list < self.lists,
+            "list {list} of a pool for {}",
+            self.lists
+        );
+        let pool = NonNull::from(self.h());
+        let mut shards = [const { None }; MAX_SHARDS];
+        for (shard, level) in shards[..self.shards].iter_mut().enumerate() {
+            // A list's shards side by side: a program using a few lists (size classes) touches
+            // their heads only, however many CPUs there are.
+            let at = HEADS_AT + (list * self.shards + shard) * core::mem::size_of::<Heads>();
+            // SAFETY: inside the mapping (`new` sized it for `lists * shards` heads), aligned
+            // like `HEADS_AT` and the heads' size, zeroed or written only as `Heads`.
+            let heads = unsafe { NonNull::new_unchecked(self.header.as_ptr().add(at).cast()) };
+            *level = Some(Global { pool, heads });
+        }
+        Shards {
+            shards,
+            count: self.shards,
+            _own_pool: None,
+        }
     }
 
+    fn h(&self) -> &PoolHeader {
+        // SAFETY: the mapping is at least `HEADS_AT` bytes, page-aligned, zeroed (a valid
+        // header: null chunks, atomics), and lives as long as `self`.
+        unsafe { &*self.header.as_ptr().cast::<PoolHeader>() }
+    }
+}
+
+impl Drop for SlotPool {
+    fn drop(&mut self) {
+        // Chunks are mapped in order, up to the one `fresh` points into (mapped before any of
+        // its slots is claimed, so possibly with none claimed yet).
+        let last = (self.h().fresh.load(Ordering::Relaxed) >> CHUNK_SHIFT) as usize;
+        for entry in &self.h().chunks[..=last.min(MAX_CHUNKS - 1)] {
+            let chunk = entry.load(Ordering::Relaxed);
+            if !chunk.is_null() {
+                // SAFETY: each chunk was mapped with exactly this length, and nothing uses it
+                // once the pool is dropped (its levels do not outlive it: `shards`' contract).
+                unsafe { libc::munmap(chunk.cast(), CHUNK_SLOTS * core::mem::size_of::<Slot>()) };
+            }
+        }
+    }
+}
+
+impl PoolHeader {
     fn slot(&self, index: u32) -> &Slot {
         let (chunk, offset) = (index >> CHUNK_SHIFT, index as usize & (CHUNK_SLOTS - 1));
-        if chunk == 0 {
-            return &self.h().first_chunk[offset];
-        }
-        let chunk = self.h().chunks[chunk as usize].load(Ordering::Acquire);
+        let chunk = self.chunks[chunk as usize].load(Ordering::Acquire);
         debug_assert!(!chunk.is_null(), "slot {index} in an unmapped chunk");
         // SAFETY: indices reach callers only from stacks, whose chains were built from mapped
         // chunks published (Release) before their slots were pushed; chunks stay mapped until
-        // drop, and the offset is below CHUNK_SLOTS.
+        // the pool drops, and the offset is below CHUNK_SLOTS.
         unsafe { &*chunk.add(offset) }
-    }
-
-    fn push_chain(&self, stack: &ChainStack, first: u32, len: u32) {
-        let slot = self.slot(first);
-        slot.len.store(len, Ordering::Relaxed);
-        // Acquire: the depth read below is the one the chain's pusher published.
-        let mut old = stack.head.load(Ordering::Acquire);
-        loop {
-            slot.next_chain.store(first_of(old), Ordering::Relaxed);
-            // The chains below never change while this one is on the stack, so its depth stays
-            // true; a stale read here is caught by the exchange, which then retries.
-            slot.depth.store(
-                len.saturating_add(self.depth(first_of(old))),
-                Ordering::Relaxed,
-            );
-            let new = pack(tag_of(old).wrapping_add(1), first);
-            // Release: the chain's slots (items, links, length) are visible to its popper.
-            match stack
-                .head
-                .compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return,
-                Err(current) => old = current,
-            }
-        }
-    }
-
-    /// Pops a chain: `(first, len)`.
-    fn pop_chain(&self, stack: &ChainStack) -> Option<(u32, u32)> {
-        let mut old = stack.head.load(Ordering::Acquire);
-        loop {
-            let first = first_of(old);
-            if first == NIL {
-                return None;
-            }
-            // May be stale if `first` was popped and reused meanwhile; the tag then fails the
-            // exchange below.
-            let next = self.slot(first).next_chain.load(Ordering::Relaxed);
-            let new = pack(tag_of(old).wrapping_add(1), next);
-            match stack
-                .head
-                .compare_exchange_weak(old, new, Ordering::Acquire, Ordering::Acquire)
-            {
-                Ok(_) => return Some((first, self.slot(first).len.load(Ordering::Relaxed))),
-                Err(current) => old = current,
-            }
-        }
-    }
-
-    /// Items from chain `first` down to the bottom of its stack; 0 for NIL.
-    fn depth(&self, first: u32) -> u32 {
-        if first == NIL {
-            0
-        } else {
-            self.slot(first).depth.load(Ordering::Relaxed)
-        }
-    }
-
-    /// About how many items the global level holds: exact when nothing changes meanwhile, and
-    /// never unsafe to ask (a top chain popped and reused during the read gives a stale count).
-    pub(crate) fn len(&self) -> usize {
-        self.depth(first_of(self.h().full.head.load(Ordering::Acquire))) as usize
-    }
-
-    /// The slot `steps` links after `from`.
-    fn walk(&self, mut from: u32, steps: u32) -> u32 {
-        for _ in 0..steps {
-            from = self.slot(from).next.load(Ordering::Relaxed);
-        }
-        from
     }
 
     /// Up to `k` (at least 1) slots never handed out before, linked into a chain: `(first,
     /// len)`, all in one chunk, which is mapped first if no thread has mapped it yet. `None`
     /// when every chunk is used or the kernel refuses memory.
     fn take_fresh(&self, k: u32) -> Option<(u32, u32)> {
-        let fresh = &self.h().fresh;
+        let fresh = &*self.fresh;
         let mut first = fresh.load(Ordering::Relaxed);
         loop {
             let chunk = first as usize >> CHUNK_SHIFT;
@@ -250,11 +253,7 @@ impl Global {
     /// Chunk `chunk`'s slots, mapping the chunk if nobody has yet. `None` when the kernel
     /// refuses memory.
     fn map_chunk(&self, chunk: usize) -> Option<*mut Slot> {
-        if chunk == 0 {
-            // In the header's mapping, which exists as long as the level does.
-            return Some(self.h().first_chunk.as_ptr().cast_mut());
-        }
-        let entry = &self.h().chunks[chunk];
+        let entry = &self.chunks[chunk];
         let slots = entry.load(Ordering::Acquire);
         if !slots.is_null() {
             return Some(slots);
@@ -264,12 +263,116 @@ impl Global {
         // Release: whoever finds the pointer finds the mapping (zeroed) with it.
         match entry.compare_exchange(ptr::null_mut(), slots, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
-                core::mem::forget(mapping); // Unmapped in Drop.
+                core::mem::forget(mapping); // Unmapped when the pool drops.
                 Some(slots)
             }
             // Another thread mapped it first: use theirs; ours is unmapped as it drops.
             Err(theirs) => Some(theirs),
         }
+    }
+}
+
+/// One shard of a freelist's global level: its stack heads and the pool its slots come from,
+/// both in the pool's mapping.
+pub(crate) struct Global {
+    pool: NonNull<PoolHeader>,
+    heads: NonNull<Heads>,
+}
+
+// SAFETY: a level is a view of atomics in a pool's mapping, shared by design; `SlotPool::shards`'
+// contract keeps the pool alive while its levels are in use.
+unsafe impl Send for Global {}
+// SAFETY: as above: every access through it is atomic.
+unsafe impl Sync for Global {}
+
+impl core::fmt::Debug for Global {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Global").finish_non_exhaustive()
+    }
+}
+
+impl Global {
+    fn pool(&self) -> &PoolHeader {
+        // SAFETY: the pool outlives its levels (`SlotPool::shards`' contract).
+        unsafe { self.pool.as_ref() }
+    }
+
+    fn full(&self) -> &AtomicU64 {
+        // SAFETY: as above, for the heads in the pool's mapping.
+        unsafe { &self.heads.as_ref().full }
+    }
+
+    fn free(&self) -> &AtomicU64 {
+        // SAFETY: as above.
+        unsafe { &self.heads.as_ref().free }
+    }
+
+    fn slot(&self, index: u32) -> &Slot {
+        self.pool().slot(index)
+    }
+
+    fn push_chain(&self, head: &AtomicU64, first: u32, len: u32) {
+        let slot = self.slot(first);
+        slot.len.store(len, Ordering::Relaxed);
+        // Acquire: the depth read below is the one the chain's pusher published.
+        let mut old = head.load(Ordering::Acquire);
+        loop {
+            slot.next_chain.store(first_of(old), Ordering::Relaxed);
+            // The chains below never change while this one is on the stack, so its depth stays
+            // true; a stale read here is caught by the exchange, which then retries.
+            slot.depth.store(
+                len.saturating_add(self.depth(first_of(old))),
+                Ordering::Relaxed,
+            );
+            let new = pack(tag_of(old).wrapping_add(1), first);
+            // Release: the chain's slots (items, links, length) are visible to its popper.
+            match head.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(current) => old = current,
+            }
+        }
+    }
+
+    /// Pops a chain: `(first, len)`.
+    fn pop_chain(&self, head: &AtomicU64) -> Option<(u32, u32)> {
+        let mut old = head.load(Ordering::Acquire);
+        loop {
+            let first = first_of(old);
+            if first == NIL {
+                return None;
+            }
+            // May be stale if `first` was popped and reused meanwhile; the tag then fails the
+            // exchange below.
+            let next = self.slot(first).next_chain.load(Ordering::Relaxed);
+            let new = pack(tag_of(old).wrapping_add(1), next);
+            match head.compare_exchange_weak(old, new, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => return Some((first, self.slot(first).len.load(Ordering::Relaxed))),
+                Err(current) => old = current,
+            }
+        }
+    }
+
+    /// Items from chain `first` down to the bottom of its stack; 0 for NIL.
+    fn depth(&self, first: u32) -> u32 {
+        if first == NIL {
+            0
+        } else {
+            self.slot(first).depth.load(Ordering::Relaxed)
+        }
+    }
+
+    /// About how many items the global level holds: exact when nothing changes meanwhile, and
+    /// never unsafe to ask (a top chain popped and reused during the read gives a stale count).
+    pub(crate) fn len(&self) -> usize {
+        self.depth(first_of(self.full().load(Ordering::Acquire))) as usize
+    }
+
+    /// The slot `steps` links after `from`.
+    fn walk(&self, mut from: u32, steps: u32) -> u32 {
+        for _ in 0..steps {
+            from = self.slot(from).next.load(Ordering::Relaxed);
+        }
+        from
     }
 
     /// A chain of exactly `k` free slots, or `None` when no memory can be had.
@@ -278,11 +381,11 @@ impl Global {
         let (mut first, mut last, mut have) = (NIL, NIL, 0u32);
         while have < k {
             let taken = self
-                .pop_chain(&self.h().free)
-                .or_else(|| self.take_fresh(k - have));
+                .pop_chain(self.free())
+                .or_else(|| self.pool().take_fresh(k - have));
             let Some((chain, len)) = taken else {
                 if have > 0 {
-                    self.push_chain(&self.h().free, first, have);
+                    self.push_chain(self.free(), first, have);
                 }
                 return None;
             };
@@ -291,7 +394,7 @@ impl Global {
             let tail = self.walk(chain, take - 1);
             if len > need {
                 let rest = self.slot(tail).next.load(Ordering::Relaxed);
-                self.push_chain(&self.h().free, rest, len - need);
+                self.push_chain(self.free(), rest, len - need);
             }
             self.slot(tail).next.store(NIL, Ordering::Relaxed);
             if first == NIL {
@@ -311,7 +414,7 @@ impl Global {
         debug_assert!(!items.is_empty() && items.len() <= MAX_CHAIN);
         let first = self.take_slots(slots_for(items.len() as u32)).ok_or(())?;
         self.write_items(first, items);
-        self.push_chain(&self.h().full, first, items.len() as u32);
+        self.push_chain(self.full(), first, items.len() as u32);
         Ok(())
     }
 
@@ -355,16 +458,16 @@ impl Global {
         debug_assert!(used <= reserved.len);
         let (slots, used_slots) = (slots_for(reserved.len), slots_for(used));
         if used == 0 {
-            return self.push_chain(&self.h().free, reserved.first, slots);
+            return self.push_chain(self.free(), reserved.first, slots);
         }
         let tail = self.walk(reserved.first, used_slots - 1);
         if used_slots < slots {
             let rest = self.slot(tail).next.load(Ordering::Relaxed);
             self.slot(tail).next.store(NIL, Ordering::Relaxed);
-            self.push_chain(&self.h().free, rest, slots - used_slots);
+            self.push_chain(self.free(), rest, slots - used_slots);
         }
         self.write_items(reserved.first, items);
-        self.push_chain(&self.h().full, reserved.first, used);
+        self.push_chain(self.full(), reserved.first, used);
     }
 
     /// Pops one batch into `out` (at least [`MAX_CHAIN`] long): how many items, and the batch's
@@ -372,14 +475,14 @@ impl Global {
     /// the global level, or none), so putting items back never needs new memory.
     pub(crate) fn take_batch(&self, out: &mut [usize]) -> Option<(usize, Reserved)> {
         debug_assert!(out.len() >= MAX_CHAIN);
-        let (first, len) = self.pop_chain(&self.h().full)?;
+        let (first, len) = self.pop_chain(self.full())?;
         self.read_items(first, &mut out[..len as usize]);
         Some((len as usize, Reserved { first, len }))
     }
 
     /// Pops one item (the last of the top batch; the rest of the batch goes back).
     pub(crate) fn pop_one(&self) -> Option<usize> {
-        let (first, len) = self.pop_chain(&self.h().full)?;
+        let (first, len) = self.pop_chain(self.full())?;
         let last = len - 1;
         let slot_index = last / SLOT_ITEMS as u32;
         // The slot before the last one too, in one walk: it ends the chain if the last empties.
@@ -392,10 +495,10 @@ impl Global {
             if let Some(before) = before {
                 self.slot(before).next.store(NIL, Ordering::Relaxed);
             }
-            self.push_chain(&self.h().free, slot, 1);
+            self.push_chain(self.free(), slot, 1);
         }
         if last > 0 {
-            self.push_chain(&self.h().full, first, last);
+            self.push_chain(self.full(), first, last);
         }
         Some(item)
     }
@@ -410,19 +513,6 @@ pub(crate) struct Reserved {
     len: u32,
 }
 
-impl Drop for Global {
-    fn drop(&mut self) {
-        for entry in &self.h().chunks {
-            let chunk = entry.load(Ordering::Relaxed);
-            if !chunk.is_null() {
-                // SAFETY: each chunk was mapped with exactly this length and nothing uses it
-                // once the global level is dropped.
-                unsafe { libc::munmap(chunk.cast(), CHUNK_SLOTS * core::mem::size_of::<Slot>()) };
-            }
-        }
-    }
-}
-
 /// Most shards a global level is split into.
 pub(crate) const MAX_SHARDS: usize = 16;
 
@@ -433,17 +523,21 @@ pub(crate) const MAX_SHARDS: usize = 16;
 pub(crate) struct Shards {
     shards: [Option<Global>; MAX_SHARDS],
     count: usize,
+    /// The pool the shards' slots come from, when it is theirs alone (a freelist of its own;
+    /// the slab allocator's freelists share their heap's). Dropped after the shards.
+    _own_pool: Option<SlotPool>,
 }
 
 impl Shards {
-    /// `count` shards (1 ..= MAX_SHARDS); `None` if the kernel refuses memory.
-    pub(crate) fn new(count: usize) -> Option<Shards> {
-        let count = count.clamp(1, MAX_SHARDS);
-        let mut shards = [const { None }; MAX_SHARDS];
-        for shard in &mut shards[..count] {
-            *shard = Some(Global::new()?);
-        }
-        Some(Shards { shards, count })
+    /// A shard for each of `cpus` possible CPUs, up to [`MAX_SHARDS`], in a pool of their own;
+    /// `None` if the kernel refuses memory.
+    pub(crate) fn new(cpus: usize) -> Option<Shards> {
+        let pool = SlotPool::new(1, cpus)?;
+        // SAFETY: the pool moves into the shards and drops after them (its mapping, which they
+        // point into, never moves); list 0 is theirs alone.
+        let mut shards = unsafe { pool.shards(0) };
+        shards._own_pool = Some(pool);
+        Some(shards)
     }
 
     /// The shard for CPU (or mm_cid) `id`.
@@ -509,19 +603,29 @@ mod tests {
             .is_ok_and(|s| s.contains("[always]"))
     }
 
-    #[test]
-    fn a_new_level_touches_no_memory_until_used() {
-        let g = Global::new().unwrap();
-        let header = g.header.as_ptr();
-        if !huge_pages_always() {
-            assert!(!resident(header), "a new level's header page is resident");
-        }
-        assert_eq!(g.len(), 0);
-        assert_eq!(g.pop_one(), None, "a zeroed level must read as empty");
-        g.push_items(&[1]).unwrap();
-        assert!(resident(header));
-        assert_eq!(g.pop_one(), Some(1));
-        assert_eq!(g.pop_one(), None);
+    /// A level with a pool of its own, as a freelist of its own has.
+    fn one_level() -> Shards {
+        Shards::new(1).unwrap()
+    }
+
+    /// The pool a freelist's shards own.
+    fn own_pool(shards: &Shards) -> &SlotPool {
+        shards._own_pool.as_ref().unwrap()
+    }
+
+    /// Slots the pool has handed out.
+    fn fresh(pool: &SlotPool) -> u32 {
+        pool.h().fresh.load(Ordering::Relaxed)
+    }
+
+    /// The chunks mapped so far.
+    fn chunks(pool: &SlotPool) -> Vec<*const u8> {
+        let last = (fresh(pool) >> CHUNK_SHIFT) as usize;
+        pool.h().chunks[..=last]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed).cast_const().cast())
+            .filter(|c: &*const u8| !c.is_null())
+            .collect()
     }
 
     /// The pages of `len` bytes from `start` (page-aligned) that are resident.
@@ -533,76 +637,167 @@ mod tests {
             .collect()
     }
 
-    /// Slots are handed out from the front of a chunk as first needed, the first chunk right
-    /// after the stack heads: a level that has held a batch has touched one page in all.
+    /// Resident pages of the pool's heads (`levels` of them) and of its chunks.
+    fn touched(pool: &SlotPool, levels: usize) -> (usize, usize) {
+        // SAFETY: the heads lie inside the pool's mapping, from `HEADS_AT`.
+        let heads = unsafe { pool.header.as_ptr().add(HEADS_AT & !4095) };
+        let heads_len = HEADS_AT % 4096 + levels * core::mem::size_of::<Heads>();
+        let chunk_len = CHUNK_SLOTS * core::mem::size_of::<Slot>();
+        let slots = chunks(pool)
+            .into_iter()
+            .map(|c| resident_pages(c, chunk_len).len())
+            .sum();
+        (resident_pages(heads, heads_len).len(), slots)
+    }
+
+    #[test]
+    fn a_new_level_touches_no_memory_until_used() {
+        let shards = one_level();
+        let (g, pool) = (shards.shard(0), own_pool(&shards));
+        if !huge_pages_always() {
+            assert_eq!(touched(pool, 1), (0, 0), "a new level's heads are resident");
+        }
+        assert!(
+            chunks(pool).is_empty(),
+            "a chunk mapped before any slot is needed"
+        );
+        assert_eq!(g.len(), 0);
+        assert_eq!(g.pop_one(), None, "a zeroed level must read as empty");
+        g.push_items(&[1]).unwrap();
+        assert_eq!(chunks(pool).len(), 1);
+        if !huge_pages_always() {
+            assert_eq!(touched(pool, 1), (1, 1), "one page of heads, one of slots");
+        }
+        assert_eq!(g.pop_one(), Some(1));
+        assert_eq!(g.pop_one(), None);
+    }
+
+    /// Slots are handed out from the front of a chunk as first needed: a level that has held a
+    /// batch has touched one page of slots.
     #[test]
     fn a_level_is_touched_only_as_far_as_its_slots_are_used() {
-        let g = Global::new().unwrap();
-        let header = g.header.as_ptr().cast_const();
-        // The heads and the first chunk; the chunk table after them is left out, because
-        // reading its entries below would make its first page count as resident.
-        let before_table = core::mem::offset_of!(Header, chunks);
-        let chunk_len = CHUNK_SLOTS * core::mem::size_of::<Slot>();
-        // Resident pages before the table and in the chunks mapped (only two are used here).
-        let touched = |g: &Global| {
-            let head = resident_pages(header, before_table).len();
-            let chunks = g.h().chunks[..2].iter().map(|c| c.load(Ordering::Relaxed));
-            head + chunks
-                .filter(|c| !c.is_null())
-                .map(|c| resident_pages(c.cast(), chunk_len).len())
-                .sum::<usize>()
-        };
+        let shards = one_level();
+        let (g, pool) = (shards.shard(0), own_pool(&shards));
         let items: Vec<usize> = (1..=MAX_CHAIN).collect();
         g.push_items(&items).unwrap();
         if !huge_pages_always() {
-            assert_eq!(touched(&g), 1, "one batch: only the heads' page");
+            assert_eq!(touched(pool, 1).1, 1, "one batch: one page of slots");
         }
         // Popped and pushed again, the batch reuses its slots: still one page.
         let mut out = [0usize; MAX_CHAIN];
-        assert_eq!(pop_batch(&g, &mut out), MAX_CHAIN);
+        assert_eq!(pop_batch(g, &mut out), MAX_CHAIN);
         g.push_items(&items).unwrap();
         let batch_slots = slots_for(MAX_CHAIN as u32);
-        assert_eq!(g.h().fresh.load(Ordering::Relaxed), batch_slots);
+        assert_eq!(fresh(pool), batch_slots);
         // Enough items for (nearly) every slot of the first chunk: each of its pages in use, and
-        // no chunk mapped.
+        // no second chunk mapped.
         for _ in 1..CHUNK_SLOTS / batch_slots as usize {
             g.push_items(&items).unwrap();
         }
-        let pages = before_table.div_ceil(4096);
-        assert!(g.h().chunks[1].load(Ordering::Relaxed).is_null());
+        let chunk_pages = (CHUNK_SLOTS * core::mem::size_of::<Slot>()).div_ceil(4096);
+        assert_eq!(chunks(pool).len(), 1);
         if !huge_pages_always() {
-            assert_eq!(touched(&g), pages, "a full first chunk");
+            assert_eq!(touched(pool, 1).1, chunk_pages, "a full first chunk");
         }
         // One batch more opens the second chunk, a mapping of its own, and touches its first
         // page only.
         g.push_items(&items).unwrap();
-        let chunk1 = g.h().chunks[1].load(Ordering::Relaxed).cast::<u8>();
-        assert!(!chunk1.is_null());
+        let mapped = chunks(pool);
+        assert_eq!(mapped.len(), 2);
         assert!(
-            resident(chunk1),
+            resident(mapped[1]),
             "the second chunk's first page holds the batch"
         );
         if !huge_pages_always() {
-            assert_eq!(touched(&g), pages + 1, "one batch in the second chunk");
+            assert_eq!(
+                touched(pool, 1).1,
+                chunk_pages + 1,
+                "one batch in the second chunk"
+            );
+        }
+    }
+
+    /// The levels of many freelists share their pool's pages: each holding one batch, 34 levels
+    /// of a slab heap's 96 touch the pages their slots fill, packed, not a page or more each
+    /// (34 when every level had a mapping of its own), and the pages of their heads.
+    #[test]
+    fn levels_of_many_freelists_share_the_pool_pages() {
+        let (lists, cpus) = (48, 2);
+        let pool = SlotPool::new(lists, cpus).unwrap();
+        // SAFETY: the pool outlives the shards (dropped at the end of the test, in reverse order
+        // of declaration); each list's shards are made once.
+        let all: Vec<Shards> = (0..lists).map(|l| unsafe { pool.shards(l) }).collect();
+        let used = 17;
+        for (l, shards) in all.iter().enumerate().take(used) {
+            for s in 0..cpus {
+                let first = (l * cpus + s) * MAX_CHAIN;
+                let items: Vec<usize> = (first + 1..=first + MAX_CHAIN).collect();
+                shards.shard(s).push_items(&items).unwrap();
+            }
+        }
+        let slots = (2 * used) as u32 * slots_for(MAX_CHAIN as u32);
+        assert_eq!(fresh(&pool), slots);
+        if !huge_pages_always() {
+            let slot_pages = (slots as usize * core::mem::size_of::<Slot>()).div_ceil(4096);
+            let (heads, slot_pages_touched) = touched(&pool, lists * cpus);
+            assert_eq!(slot_pages_touched, slot_pages, "packed");
+            let heads_len = HEADS_AT % 4096 + 2 * used * core::mem::size_of::<Heads>();
+            assert_eq!(
+                heads,
+                heads_len.div_ceil(4096),
+                "the used lists' heads only"
+            );
+        }
+        // And each level gives back its own batch, whole.
+        for (l, shards) in all.iter().enumerate().take(used) {
+            for s in 0..cpus {
+                let mut out = [0usize; MAX_CHAIN];
+                assert_eq!(pop_batch(shards.shard(s), &mut out), MAX_CHAIN);
+                let first = (l * cpus + s) * MAX_CHAIN;
+                assert_eq!(out[0], first + 1, "list {l} shard {s}");
+                assert_eq!(shards.len(), (cpus - 1 - s) * MAX_CHAIN);
+            }
+        }
+    }
+
+    /// Dropping a pool unmaps the chunks its levels used.
+    #[test]
+    fn dropping_a_pool_unmaps_its_chunks() {
+        let shards = one_level();
+        let items: Vec<usize> = (1..=MAX_CHAIN).collect();
+        // One batch more than the first chunk holds.
+        for _ in 0..=CHUNK_SLOTS / slots_for(MAX_CHAIN as u32) as usize {
+            shards.shard(0).push_items(&items).unwrap();
+        }
+        let mapped = chunks(own_pool(&shards));
+        assert_eq!(mapped.len(), 2);
+        drop(shards);
+        for chunk in mapped {
+            let mut vec = 0u8;
+            // SAFETY: mincore only reports on the range; an unmapped one fails with ENOMEM.
+            let rc = unsafe { libc::mincore(chunk as *mut libc::c_void, 1, &mut vec) };
+            assert_eq!(rc, -1, "chunk {chunk:?} still mapped");
         }
     }
 
     #[test]
     fn batches_come_back_whole_and_last_in_first_out() {
-        let g = Global::new().unwrap();
+        let shards = one_level();
+        let g = shards.shard(0);
         g.push_items(&[1, 2, 3]).unwrap();
         g.push_items(&[4]).unwrap();
         let mut out = [0usize; MAX_CHAIN];
-        assert_eq!(pop_batch(&g, &mut out), 1);
+        assert_eq!(pop_batch(g, &mut out), 1);
         assert_eq!(out[0], 4);
-        assert_eq!(pop_batch(&g, &mut out), 3);
+        assert_eq!(pop_batch(g, &mut out), 3);
         assert_eq!(&out[..3], &[1, 2, 3]);
-        assert_eq!(pop_batch(&g, &mut out), 0);
+        assert_eq!(pop_batch(g, &mut out), 0);
     }
 
     #[test]
     fn len_counts_items_through_pushes_and_pops() {
-        let g = Global::new().unwrap();
+        let shards = one_level();
+        let g = shards.shard(0);
         assert_eq!(g.len(), 0);
         g.push_items(&[1, 2, 3]).unwrap();
         g.push_items(&[4, 5]).unwrap();
@@ -610,15 +805,16 @@ mod tests {
         assert_eq!(g.pop_one(), Some(5));
         assert_eq!(g.len(), 4);
         let mut out = [0usize; MAX_CHAIN];
-        assert_eq!(pop_batch(&g, &mut out), 1);
+        assert_eq!(pop_batch(g, &mut out), 1);
         assert_eq!(g.len(), 3);
-        assert_eq!(pop_batch(&g, &mut out), 3);
+        assert_eq!(pop_batch(g, &mut out), 3);
         assert_eq!(g.len(), 0);
     }
 
     #[test]
     fn pop_one_splits_a_batch() {
-        let g = Global::new().unwrap();
+        let shards = one_level();
+        let g = shards.shard(0);
         g.push_items(&[10, 11, 12]).unwrap();
         assert_eq!(g.pop_one(), Some(12));
         assert_eq!(g.pop_one(), Some(11));
@@ -630,23 +826,25 @@ mod tests {
     /// slot as it empties: pushed again, it needs no fresh slot.
     #[test]
     fn pop_one_frees_each_slot_as_it_empties() {
-        let g = Global::new().unwrap();
+        let shards = one_level();
+        let g = shards.shard(0);
         let items: Vec<usize> = (1..=2 * SLOT_ITEMS + 1).collect();
         g.push_items(&items).unwrap();
-        let fresh = g.h().fresh.load(Ordering::Relaxed);
-        assert_eq!(fresh, 3);
+        let used = fresh(own_pool(&shards));
+        assert_eq!(used, 3);
         for (popped, &item) in items.iter().rev().enumerate() {
             assert_eq!(g.pop_one(), Some(item));
             assert_eq!(g.len(), items.len() - popped - 1);
         }
         assert_eq!(g.pop_one(), None);
         g.push_items(&items).unwrap();
-        assert_eq!(g.h().fresh.load(Ordering::Relaxed), fresh);
+        assert_eq!(fresh(own_pool(&shards)), used);
     }
 
     #[test]
     fn reserved_slots_are_filled_or_returned() {
-        let g = Global::new().unwrap();
+        let shards = one_level();
+        let g = shards.shard(0);
         let r = g.reserve(5).unwrap();
         g.fill_reserved(r, &[7, 8]);
         let r = g.reserve(3).unwrap();
@@ -656,38 +854,36 @@ mod tests {
         assert_eq!(&out[..n], &[7, 8]);
         // Put one back through the batch's own slots: no new memory needed.
         g.fill_reserved(slots, &[8]);
-        assert_eq!(pop_batch(&g, &mut out), 1);
+        assert_eq!(pop_batch(g, &mut out), 1);
         assert_eq!(out[0], 8);
-        assert_eq!(pop_batch(&g, &mut out), 0);
+        assert_eq!(pop_batch(g, &mut out), 0);
     }
 
     /// A reservation gives back the slots its items do not need, and those slots serve the
     /// next push.
     #[test]
     fn unused_reserved_slots_go_back_to_the_free_stack() {
-        let g = Global::new().unwrap();
+        let shards = one_level();
+        let g = shards.shard(0);
         let r = g.reserve(4 * SLOT_ITEMS).unwrap();
-        assert_eq!(g.h().fresh.load(Ordering::Relaxed), 4);
+        assert_eq!(fresh(own_pool(&shards)), 4);
         let filled: Vec<usize> = (1..=SLOT_ITEMS + 1).collect();
         g.fill_reserved(r, &filled);
         let pushed: Vec<usize> = (100..100 + 2 * SLOT_ITEMS).collect();
         g.push_items(&pushed).unwrap();
-        assert_eq!(
-            g.h().fresh.load(Ordering::Relaxed),
-            4,
-            "the two unused slots served"
-        );
+        assert_eq!(fresh(own_pool(&shards)), 4, "the two unused slots served");
         let mut out = [0usize; MAX_CHAIN];
-        assert_eq!(pop_batch(&g, &mut out), pushed.len());
+        assert_eq!(pop_batch(g, &mut out), pushed.len());
         assert_eq!(&out[..pushed.len()], &pushed[..]);
-        assert_eq!(pop_batch(&g, &mut out), filled.len());
+        assert_eq!(pop_batch(g, &mut out), filled.len());
         assert_eq!(&out[..filled.len()], &filled[..]);
-        assert_eq!(pop_batch(&g, &mut out), 0);
+        assert_eq!(pop_batch(g, &mut out), 0);
     }
 
     #[test]
     fn slots_are_recycled_across_many_cycles_and_chunks() {
-        let g = Global::new().unwrap();
+        let shards = one_level();
+        let g = shards.shard(0);
         // More items than one chunk holds, then back: slots must be reused, not leaked.
         let items: Vec<usize> = (1..=3 * CHUNK_SLOTS * SLOT_ITEMS).collect();
         for round in 0..3 {
@@ -697,7 +893,7 @@ mod tests {
             let mut seen = Vec::new();
             let mut out = [0usize; MAX_CHAIN];
             loop {
-                let n = pop_batch(&g, &mut out);
+                let n = pop_batch(g, &mut out);
                 if n == 0 {
                     break;
                 }
@@ -706,18 +902,12 @@ mod tests {
             seen.sort_unstable();
             assert_eq!(seen, items, "round {round}");
         }
-        let mapped = g
-            .h()
-            .chunks
-            .iter()
-            .filter(|c| !c.load(Ordering::Relaxed).is_null())
-            .count();
+        let mapped = chunks(own_pool(&shards)).len();
         let slots = items.len().div_ceil(MAX_CHAIN) * slots_for(MAX_CHAIN as u32) as usize;
         assert_eq!(
             mapped,
-            slots.div_ceil(CHUNK_SLOTS) - 1,
-            "the chunks that one round's {slots} slots need (the header's and the mapped ones); \
-             later rounds reuse them"
+            slots.div_ceil(CHUNK_SLOTS),
+            "the chunks that one round's {slots} slots need; later rounds reuse them"
         );
     }
 }

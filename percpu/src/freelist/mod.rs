@@ -67,10 +67,10 @@ use crate::counter::{CounterArena, RawCounters};
 use crate::mode::{forced_fallback, rseq_path};
 use caches::Caches;
 pub(crate) use caches::{CacheArena, DirectCaches};
-pub(crate) use global::MAX_CHAIN;
 #[cfg(test)]
 pub(crate) use global::MAX_SHARDS;
 use global::{Global, Shards};
+pub(crate) use global::{MAX_CHAIN, SlotPool};
 
 /// How long a drain waits for one locked cache before leaving it as it is.
 const DRAIN_PATIENCE: Duration = Duration::from_millis(100);
@@ -253,28 +253,32 @@ impl RawFreeList {
         let cpus = rseq_sys::possible_cpus() as usize;
         let caches = Caches::new(cpus, capacity_per_cpu).ok_or(FreeListError::OutOfMemory)?;
         let locked = Caches::new(cpus, capacity_per_cpu).ok_or(FreeListError::OutOfMemory)?;
-        RawFreeList::with_caches(
+        let global = Shards::new(cpus).ok_or(FreeListError::OutOfMemory)?;
+        Ok(RawFreeList::with_caches(
             caches,
             locked,
             RawCounters::new(),
+            global,
             cpus,
             capacity_per_cpu,
             false,
-        )
+        ))
     }
 
     /// A freelist whose caches are list `list` of `arena` (rseq) and of `locked` (threads
     /// without rseq), both made for possible CPUs with `capacity_per_cpu` slots for that list,
-    /// and whose operation counters are set `list` of `counters`. With `adaptive`, each rseq
-    /// cache's limit follows its use (see `adapt_limit`) instead of staying at the capacity.
+    /// whose operation counters are set `list` of `counters`, and whose global level is list
+    /// `list` of `slots`. With `adaptive`, each rseq cache's limit follows its use (see
+    /// `adapt_limit`) instead of staying at the capacity.
     ///
     /// # Safety
-    /// The arenas outlive the freelist, and no other freelist uses list `list` of them (or set
-    /// `list` of `counters`).
+    /// The arenas and the pool outlive the freelist, and no other freelist uses list `list` of
+    /// them (or set `list` of `counters`).
     pub(crate) unsafe fn in_arena(
         arena: &CacheArena,
         locked: &CacheArena,
         counters: &OpCounterArena,
+        slots: &SlotPool,
         list: usize,
         capacity_per_cpu: usize,
         adaptive: bool,
@@ -283,28 +287,37 @@ impl RawFreeList {
             return Err(FreeListError::BadCapacity(capacity_per_cpu));
         }
         // SAFETY: forwarded contract.
-        let (caches, locked, ops) = unsafe {
+        let (caches, locked, ops, global) = unsafe {
             (
                 arena.caches(list),
                 locked.caches(list),
                 counters.counters(list),
+                slots.shards(list),
             )
         };
         let cpus = rseq_sys::possible_cpus() as usize;
-        RawFreeList::with_caches(caches, locked, ops, cpus, capacity_per_cpu, adaptive)
+        Ok(RawFreeList::with_caches(
+            caches,
+            locked,
+            ops,
+            global,
+            cpus,
+            capacity_per_cpu,
+            adaptive,
+        ))
     }
 
     fn with_caches(
         caches: Caches,
         locked: Caches,
         ops: RawCounters<OP_COUNTERS>,
+        global: Shards,
         cpus: usize,
         capacity_per_cpu: usize,
         adaptive: bool,
-    ) -> Result<RawFreeList, FreeListError> {
-        let global = Shards::new(cpus).ok_or(FreeListError::OutOfMemory)?;
+    ) -> RawFreeList {
         let batch = (capacity_per_cpu / 2).clamp(1, MAX_CHAIN);
-        Ok(RawFreeList {
+        RawFreeList {
             caches,
             locked,
             cpus,
@@ -314,7 +327,7 @@ impl RawFreeList {
             min_limit: if adaptive { batch } else { capacity_per_cpu },
             global,
             ops,
-        })
+        }
     }
 
     /// The per-CPU capacity.

@@ -29,7 +29,9 @@ use super::large::Large;
 use super::lock::SpinLock;
 use super::pages::{HOMED_INDICES, PageHeap, class_and_home_of, home_of};
 use super::stats::{AllocStats, ClassStats};
-use crate::freelist::{Backing, CacheArena, DirectCaches, MAX_CHAIN, OpCounterArena, RawFreeList};
+use crate::freelist::{
+    Backing, CacheArena, DirectCaches, MAX_CHAIN, OpCounterArena, RawFreeList, SlotPool,
+};
 
 /// Most blocks one class's per-CPU cache holds: enough that a burst of a thousand small
 /// allocations followed by their frees stays within the cache.
@@ -94,6 +96,10 @@ pub(crate) struct Heap {
     /// Every class's freelist operation counters, side by side (a page per class otherwise).
     _counters: OpCounterArena,
     _remote_counters: OpCounterArena,
+    /// Every class's transfer level: their stack heads and the slots they hold blocks in.
+    _transfer_slots: SlotPool,
+    /// The same for the remote buffers' own global levels.
+    _remote_slots: SlotPool,
     classes: [Class; CLASSES],
     /// Per homed class, blocks freed away from their home, on their way there.
     remote: [RawFreeList; HOMED_CLASSES],
@@ -193,26 +199,31 @@ impl Heap {
             Some(arena),
             Some(locked),
             Some(counters),
+            Some(slots),
             Some(remote_arena),
             Some(remote_locked),
             Some(remote_counters),
+            Some(remote_slots),
         ) = (
             CacheArena::new(cpus, &capacities),
             CacheArena::new(cpus, &capacities),
             OpCounterArena::new(cpus, CLASSES),
+            SlotPool::new(CLASSES, cpus),
             CacheArena::new(cpus, &remote_capacities),
             CacheArena::new(cpus, &remote_capacities),
             OpCounterArena::new(cpus, HOMED_CLASSES),
+            SlotPool::new(HOMED_CLASSES, cpus),
         )
         else {
             return false;
         };
         // Built in place, one class at a time: a `Heap` is too large to build on small stacks.
         for (c, &size) in SIZES.iter().enumerate() {
-            // SAFETY: the arenas move into the heap below and are dropped with it (their
-            // mappings, which the caches point into, never move); class `c` takes list `c` only.
+            // SAFETY: the arenas and the pool move into the heap below and are dropped with it
+            // (their mappings, which the caches and levels point into, never move); class `c`
+            // takes list `c` only.
             let list = unsafe {
-                RawFreeList::in_arena(&arena, &locked, &counters, c, capacities[c], true)
+                RawFreeList::in_arena(&arena, &locked, &counters, &slots, c, capacities[c], true)
             };
             let Ok(list) = list else {
                 for done in 0..c {
@@ -236,6 +247,7 @@ impl Heap {
                     &remote_arena,
                     &remote_locked,
                     &remote_counters,
+                    &remote_slots,
                     c,
                     REMOTE_CAPACITY,
                     false,
@@ -264,6 +276,8 @@ impl Heap {
             ptr::addr_of_mut!((*at)._remote_locked_caches).write(remote_locked);
             ptr::addr_of_mut!((*at)._counters).write(counters);
             ptr::addr_of_mut!((*at)._remote_counters).write(remote_counters);
+            ptr::addr_of_mut!((*at)._transfer_slots).write(slots);
+            ptr::addr_of_mut!((*at)._remote_slots).write(remote_slots);
             PageHeap::init(ptr::addr_of_mut!((*at).pages), true);
             ptr::addr_of_mut!((*at).large).write(Large::new(page_size));
             ptr::addr_of_mut!((*at).trim_lock).write(SpinLock::new());

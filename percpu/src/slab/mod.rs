@@ -7,10 +7,10 @@
 //!   written. Each cache's limit follows its use, up to the configured budget: it starts at a
 //!   batch, doubles when the cache is used both ways, and halves when its CPU only frees, so a
 //!   CPU that collects what others allocate holds a batch or two, not the whole budget.
-//! - **Transfer level**, per class: the freelist's lock-free global level, in per-CPU shards.
-//!   Full caches overflow
-//!   into it and empty ones refill from it, a batch at a time, so a thread that frees what
-//!   another allocates passes blocks across CPUs without reaching the slabs.
+//! - **Transfer level**, per class: the freelist's lock-free global level, in per-CPU shards,
+//!   whose slots come from one pool for all classes. Full caches overflow into it and empty
+//!   ones refill from it, a batch at a time, so a thread that frees what another allocates
+//!   passes blocks across CPUs without reaching the slabs.
 //! - **Homes**, for blocks smaller than a cache line (16, 32 and 48 bytes), which share lines:
 //!   their slabs belong to the CPU whose cache carved them, and [`PerCpuAlloc::free`] sends such
 //!   a block freed on another CPU home (through a small per-CPU remote buffer, to the home's
