@@ -152,26 +152,23 @@ impl SlotPool {
     /// Freelist `list`'s global level, its shards in this pool.
     ///
     /// # Safety
-    /// The pool outlives the returned shards, and no other `Shards` is made for `list`.
+    /// `list` is below the pool's `lists`, the pool outlives the returned shards, and no other
+    /// `Shards` is made for `list`.
     pub(crate) unsafe fn shards(&self, list: usize) -> Shards {
-        assert!(
+        debug_assert!(
             list < self.lists,
             "list {list} of a pool for {}",
             self.lists
         );
-        let pool = NonNull::from(self.h());
-        let mut shards = [const { None }; MAX_SHARDS];
-        for (shard, level) in shards[..self.shards].iter_mut().enumerate() {
-            // A list's shards side by side: a program using a few lists (size classes) touches
-            // their heads only, however many CPUs there are.
-            let at = HEADS_AT + (list * self.shards + shard) * core::mem::size_of::<Heads>();
-            // SAFETY: inside the mapping (`new` sized it for `lists * shards` heads), aligned
-            // like `HEADS_AT` and the heads' size, zeroed or written only as `Heads`.
-            let heads = unsafe { NonNull::new_unchecked(self.header.as_ptr().add(at).cast()) };
-            *level = Some(Global { pool, heads });
-        }
+        // A list's shards side by side: a program using a few lists (size classes) touches
+        // their heads only, however many CPUs there are.
+        let at = HEADS_AT + list * self.shards * core::mem::size_of::<Heads>();
+        // SAFETY: inside the mapping (`new` sized it for `lists * shards` heads), aligned like
+        // `HEADS_AT` and the heads' size, zeroed or written only as `Heads`.
+        let heads = unsafe { NonNull::new_unchecked(self.header.as_ptr().add(at).cast()) };
         Shards {
-            shards,
+            pool: NonNull::from(self.h()),
+            heads,
             count: self.shards,
             _own_pool: None,
         }
@@ -273,42 +270,34 @@ impl PoolHeader {
 }
 
 /// One shard of a freelist's global level: its stack heads and the pool its slots come from,
-/// both in the pool's mapping.
-pub(crate) struct Global {
-    pool: NonNull<PoolHeader>,
-    heads: NonNull<Heads>,
+/// both in the pool's mapping, borrowed from the [`Shards`] that found them.
+#[derive(Clone, Copy)]
+pub(crate) struct Global<'a> {
+    pool: &'a PoolHeader,
+    heads: &'a Heads,
 }
 
-// SAFETY: a level is a view of atomics in a pool's mapping, shared by design; `SlotPool::shards`'
-// contract keeps the pool alive while its levels are in use.
-unsafe impl Send for Global {}
-// SAFETY: as above: every access through it is atomic.
-unsafe impl Sync for Global {}
-
-impl core::fmt::Debug for Global {
+impl core::fmt::Debug for Global<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Global").finish_non_exhaustive()
     }
 }
 
-impl Global {
-    fn pool(&self) -> &PoolHeader {
-        // SAFETY: the pool outlives its levels (`SlotPool::shards`' contract).
-        unsafe { self.pool.as_ref() }
+impl<'a> Global<'a> {
+    fn pool(&self) -> &'a PoolHeader {
+        self.pool
     }
 
-    fn full(&self) -> &AtomicU64 {
-        // SAFETY: as above, for the heads in the pool's mapping.
-        unsafe { &self.heads.as_ref().full }
+    fn full(&self) -> &'a AtomicU64 {
+        &self.heads.full
     }
 
-    fn free(&self) -> &AtomicU64 {
-        // SAFETY: as above.
-        unsafe { &self.heads.as_ref().free }
+    fn free(&self) -> &'a AtomicU64 {
+        &self.heads.free
     }
 
-    fn slot(&self, index: u32) -> &Slot {
-        self.pool().slot(index)
+    fn slot(&self, index: u32) -> &'a Slot {
+        self.pool.slot(index)
     }
 
     fn push_chain(&self, head: &AtomicU64, first: u32, len: u32) {
@@ -521,12 +510,20 @@ pub(crate) const MAX_SHARDS: usize = 16;
 /// their CPU's locked cache is busy) do not all contend on one stack head, and pops look at the
 /// other shards before reporting empty.
 pub(crate) struct Shards {
-    shards: [Option<Global>; MAX_SHARDS],
+    pool: NonNull<PoolHeader>,
+    /// Shard 0's heads; shard `s`'s are `s` further.
+    heads: NonNull<Heads>,
     count: usize,
     /// The pool the shards' slots come from, when it is theirs alone (a freelist of its own;
     /// the slab allocator's freelists share their heap's). Dropped after the shards.
     _own_pool: Option<SlotPool>,
 }
+
+// SAFETY: the shards are views of atomics in a pool's mapping, shared by design, which lives as
+// long as they do (`SlotPool::shards`' contract, or it is their own).
+unsafe impl Send for Shards {}
+// SAFETY: as above: every access through them is atomic.
+unsafe impl Sync for Shards {}
 
 impl Shards {
     /// A shard for each of `cpus` possible CPUs, up to [`MAX_SHARDS`], in a pool of their own;
@@ -542,21 +539,26 @@ impl Shards {
 
     /// The shard for CPU (or mm_cid) `id`.
     #[inline]
-    pub(crate) fn shard(&self, id: usize) -> &Global {
-        let shard = &self.shards[id % self.count];
-        debug_assert!(shard.is_some());
-        // SAFETY: shards below `count` are all `Some`, by construction.
-        unsafe { shard.as_ref().unwrap_unchecked() }
+    pub(crate) fn shard(&self, id: usize) -> Global<'_> {
+        // SAFETY: the pool outlives the shards (`SlotPool::shards`' contract, or it is their own
+        // and drops after them), and its mapping holds `count` heads from `heads`, zeroed or
+        // written only as `Heads`.
+        unsafe {
+            Global {
+                pool: self.pool.as_ref(),
+                heads: self.heads.add(id % self.count).as_ref(),
+            }
+        }
     }
 
     /// The shard of the CPU the caller runs on.
     #[inline]
-    pub(crate) fn local(&self) -> &Global {
+    pub(crate) fn local(&self) -> Global<'_> {
         self.shard(rseq_sys::cpu_hint().unwrap_or(0) as usize)
     }
 
     /// Every shard, starting with `id`'s.
-    pub(crate) fn from(&self, id: usize) -> impl Iterator<Item = &Global> {
+    pub(crate) fn from(&self, id: usize) -> impl Iterator<Item = Global<'_>> {
         (0..self.count).map(move |i| self.shard(id + i))
     }
 
@@ -567,7 +569,7 @@ impl Shards {
 
     /// About how many items all shards hold.
     pub(crate) fn len(&self) -> usize {
-        self.from(0).map(Global::len).sum()
+        self.from(0).map(|shard| shard.len()).sum()
     }
 }
 
@@ -576,7 +578,7 @@ mod tests {
     use super::*;
 
     /// Takes a batch and releases its slots.
-    fn pop_batch(g: &Global, out: &mut [usize]) -> usize {
+    fn pop_batch(g: Global<'_>, out: &mut [usize]) -> usize {
         match g.take_batch(out) {
             Some((n, slots)) => {
                 g.fill_reserved(slots, &[]);

@@ -190,7 +190,7 @@ const _: () = assert!(core::mem::offset_of!(RawFreeList, capacity) + 8 <= 64);
 #[must_use]
 enum Destination<'a> {
     /// Slots reserved at the global level (or a batch's own slots), which cannot fail.
-    Global(&'a Global, global::Reserved),
+    Global(Global<'a>, global::Reserved),
     /// The backing, which takes whatever it is given.
     Backing,
     /// Fresh items from the backing: to the global level, or back to the backing.
@@ -846,7 +846,7 @@ impl RawFreeList {
     /// below it.
     #[cold]
     fn pop_shared<B: Backing>(&self, id: usize, backing: B) -> Option<NonNull<u8>> {
-        let item = match self.global.from(id).find_map(Global::pop_one) {
+        let item = match self.global.from(id).find_map(|shard| shard.pop_one()) {
             Some(item) => item,
             None if B::FILLS => {
                 let mut batch = [0usize; MAX_CHAIN];
@@ -967,7 +967,7 @@ impl RawFreeList {
     /// the calling thread runs meanwhile (a plain [`Self::pop`] parks refilled items in the
     /// current CPU's cache, which a migrating thread would leave behind).
     pub fn pop_global(&self) -> Option<NonNull<u8>> {
-        let item = self.global.from(0).find_map(Global::pop_one)?;
+        let item = self.global.from(0).find_map(|shard| shard.pop_one())?;
         self.ops.add(DIRECT_POPS, 1);
         NonNull::new(item as *mut u8)
     }
@@ -1072,7 +1072,7 @@ impl RawFreeList {
                 unsafe { *count &= !(STACK_DEPTH_MASK | STACK_LOCKED) };
             }
         }
-        while let Some(item) = self.global.from(0).find_map(Global::pop_one) {
+        while let Some(item) = self.global.from(0).find_map(|shard| shard.pop_one()) {
             if let Some(block) = NonNull::new(item as *mut u8) {
                 f(block);
             }
