@@ -2,7 +2,8 @@
 # The classic allocator shapes (benches/malloc/shapes.c) under LD_PRELOAD: glibc, percpu
 # (libpercpu_malloc.so), and Debian's mimalloc, jemalloc and tcmalloc. Each round runs every
 # allocator once, in an order that rotates between rounds, so drift hits all alike; reports the
-# median time and the peak RSS of each, per shape, as Markdown.
+# median time and peak RSS of each, per shape, as Markdown. A small program's peak moves by a few
+# hundred KiB from run to run, so the median peak is what compares; the largest follows it.
 #
 # usage: benches/malloc/run.sh [ROUNDS (5)] [THREADS (the CPUs)] [SCALE (1)]
 # With MALLOC_BENCH_NO_RSEQ=1 every run has rseq(2) failing (norseq.c): the paths without rseq.
@@ -43,18 +44,22 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 print(f"Machine: {cpu}, {len(open('/proc/cpuinfo').read().split('processor')) - 1} CPUs, Linux {platform.release()}\n")
 if no_rseq:
     print("rseq(2) failing with ENOSYS in every run (MALLOC_BENCH_NO_RSEQ=1)\n")
-print("median seconds (peak RSS MiB); **bold**: fastest; ratio: time / percpu time\n")
+print("median seconds (peak RSS MiB: median, largest); **bold**: fastest, smallest; ratio: time / percpu time\n")
 print("| shape | threads | " + " | ".join(allocators) + " |")
 print("|---|---:|" + "---:|" * len(allocators))
 for (shape, threads), by in runs.items():
     med = {a: statistics.median(s for s, _ in by[a]) for a in allocators}
-    rss = {a: max(r for _, r in by[a]) / 1024 for a in allocators}
-    best = min(med.values())
+    rss = {a: statistics.median(r for _, r in by[a]) / 1024 for a in allocators}
+    largest = {a: max(r for _, r in by[a]) / 1024 for a in allocators}
+    best, smallest = min(med.values()), min(rss.values())
     cells = []
     for a in allocators:
         t = f"{med[a]:.3f}"
         if med[a] == best:
             t = f"**{t}**"
-        cells.append(f"{t} ({rss[a]:.1f}) {med[a] / med['percpu']:.2f}×")
+        r = f"{rss[a]:.2f}"
+        if rss[a] == smallest:
+            r = f"**{r}**"
+        cells.append(f"{t} ({r}, {largest[a]:.1f}) {med[a] / med['percpu']:.2f}×")
     print(f"| {shape} | {threads} | " + " | ".join(cells) + " |")
 PY
