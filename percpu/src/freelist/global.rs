@@ -912,4 +912,80 @@ mod tests {
             "the chunks that one round's {slots} slots need; later rounds reuse them"
         );
     }
+
+    /// Many threads (far more than CPUs) move batches through the levels of many freelists that
+    /// share one pool, claiming fresh slots from its one counter at the same time as they grow:
+    /// every item pushed comes back exactly once.
+    #[test]
+    fn levels_sharing_a_pool_lose_and_duplicate_nothing_under_threads() {
+        let (lists, cpus, threads, rounds) = (6, 16, 32, 300);
+        let pool = SlotPool::new(lists, cpus).unwrap();
+        // SAFETY: the pool outlives the shards (declared after it, dropped first); each list's
+        // shards are made once.
+        let all: Vec<Shards> = (0..lists).map(|l| unsafe { pool.shards(l) }).collect();
+        // Per thread: the items it popped, and how many it pushed.
+        let results: Vec<(Vec<usize>, usize)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let all = &all;
+                    scope.spawn(move || {
+                        let mut seed = (t as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        let mut next = move || {
+                            seed ^= seed << 13;
+                            seed ^= seed >> 7;
+                            seed ^= seed << 17;
+                            seed as usize
+                        };
+                        let (mut got, mut pushed) = (Vec::new(), 0);
+                        let mut out = [0usize; MAX_CHAIN];
+                        for round in 0..rounds {
+                            // Unique items: the thread, the round and the place in the batch.
+                            let n = 1 + next() % MAX_CHAIN;
+                            let items: Vec<usize> =
+                                (0..n).map(|i| (t << 32 | round << 8 | i) + 1).collect();
+                            let to = all[next() % lists].shard(next());
+                            to.push_items(&items).unwrap();
+                            pushed += n;
+                            let from = all[next() % lists].shard(next());
+                            match next() % 3 {
+                                0 => got.extend(from.pop_one()),
+                                1 => {
+                                    if let Some((k, slots)) = from.take_batch(&mut out) {
+                                        // Keep half, put the rest back through its own slots.
+                                        got.extend_from_slice(&out[..k / 2]);
+                                        from.fill_reserved(slots, &out[k / 2..k]);
+                                    }
+                                }
+                                _ => {
+                                    let k = pop_batch(from, &mut out);
+                                    got.extend_from_slice(&out[..k]);
+                                }
+                            }
+                        }
+                        (got, pushed)
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let pushed: usize = results.iter().map(|(_, n)| n).sum();
+        let mut seen: Vec<usize> = results.into_iter().flat_map(|(got, _)| got).collect();
+        let mut out = [0usize; MAX_CHAIN];
+        for shards in &all {
+            for s in 0..cpus {
+                loop {
+                    let n = pop_batch(shards.shard(s), &mut out);
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&out[..n]);
+                }
+            }
+        }
+        assert_eq!(all.iter().map(Shards::len).sum::<usize>(), 0);
+        assert_eq!(seen.len(), pushed, "items lost or duplicated");
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), pushed, "an item came back twice");
+    }
 }
