@@ -21,11 +21,10 @@
 //! slab allocator, by every class: its slots lie in chunks handed out from the front as first
 //! needed, and a level takes fresh ones only when its own `free` stack is empty, keeping them
 //! from then on. So the memory the levels touch is the sum of their largest holdings, packed
-//! together, rather than a page or more for every level that ever held an item: in a
-//! producer/consumer program on 2 CPUs, the 34 of the allocator's 102 levels in use touched
-//! 42–51 pages when each had a mapping of its own, and 26–37 in one pool (BENCHMARKS.md). The pool also holds the levels' stack
-//! heads, two cache lines per level, each freelist's shards side by side: a program using a few
-//! size classes touches their heads only.
+//! together, rather than a page or more for every level that ever held an item (on 2 CPUs a
+//! producer/consumer program uses 34 of the slab allocator's 102 levels; see BENCHMARKS.md).
+//! The pool also holds the levels' stack heads, two cache lines per level, each freelist's
+//! shards side by side: a program using a few size classes touches their heads only.
 //!
 //! Everything here is plain atomics over `mmap`ed memory: no global allocator, no locks, so
 //! threads without rseq use it directly and a global allocator can build on it.

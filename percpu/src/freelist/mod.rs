@@ -31,9 +31,9 @@
 //! behind a try-lock in its count word: a compare-exchange takes it, the store of the new count
 //! releases it. A thread that finds its CPU's cache held (by a thread preempted inside, or one
 //! that migrated, or because this one did) goes to the global level (its CPU's shard) instead
-//! of waiting, so no thread ever waits for another, and asks for its CPU again next time. A push and pop pair costs two
-//! compare-exchanges, about 1.5× glibc's malloc and free. Threads of both kinds can share one
-//! freelist.
+//! of waiting, so no thread ever waits for another, and asks for its CPU again next time. A push
+//! and pop pair costs two compare-exchanges, about 1.5× glibc's malloc and free. Threads of both
+//! kinds can share one freelist.
 //!
 //! # Draining
 //! Items parked in one CPU's cache are invisible to pops on other CPUs until
