@@ -2,7 +2,8 @@
 # Side-by-side runs of malloc libraries on one shape (benches/malloc/shapes.c), for telling
 # builds of libpercpu_malloc.so apart: each round runs every library once, in an order that
 # rotates between rounds, so drift hits all alike. Reports, per library, the median time, the
-# median over rounds of its time ÷ the first library's in the same round, and the peak RSS.
+# median over rounds of its time ÷ the first library's in the same round, and the median and
+# largest of its rounds' peak RSS.
 # A second copy of the first library runs as a control: its ratio is the noise a difference
 # must stand out from (on 2-vCPU guests, ±2–5% over 15 rounds).
 #
@@ -69,12 +70,13 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 cpus = open("/proc/cpuinfo").read().count("\nprocessor") + 1
 print(f"`{shape}`, {rounds} rounds; {cpu}, {cpus} CPUs, Linux {platform.release()}\n")
 base = runs[labels[0]]
-print(f"| library | median s | time ÷ {labels[0]}'s (median of rounds) | peak RSS MiB |")
-print("|---|---:|---:|---:|")
+print(f"| library | median s | time ÷ {labels[0]}'s (median of rounds) | peak RSS MiB: median | largest |")
+print("|---|---:|---:|---:|---:|")
 for label in labels:
     by = runs[label]
     ratio = statistics.median(by[r][0] / base[r][0] for r in by)
     seconds = statistics.median(s for s, _ in by.values())
-    rss = max(r for _, r in by.values()) / 1024
-    print(f"| {label} | {seconds:.4f} | {ratio:.3f} | {rss:.1f} |")
+    rss = statistics.median(r for _, r in by.values()) / 1024
+    largest = max(r for _, r in by.values()) / 1024
+    print(f"| {label} | {seconds:.4f} | {ratio:.3f} | {rss:.2f} | {largest:.1f} |")
 PY
