@@ -283,10 +283,6 @@ impl core::fmt::Debug for Global<'_> {
 }
 
 impl<'a> Global<'a> {
-    fn pool(&self) -> &'a PoolHeader {
-        self.pool
-    }
-
     fn full(&self) -> &'a AtomicU64 {
         &self.heads.full
     }
@@ -370,7 +366,7 @@ impl<'a> Global<'a> {
         while have < k {
             let taken = self
                 .pop_chain(self.free())
-                .or_else(|| self.pool().take_fresh(k - have));
+                .or_else(|| self.pool.take_fresh(k - have));
             let Some((chain, len)) = taken else {
                 if have > 0 {
                     self.push_chain(self.free(), first, have);
