@@ -757,24 +757,51 @@ mod tests {
         }
     }
 
-    /// Dropping a pool unmaps the chunks its levels used.
+    /// Dropping a pool unmaps the chunks its levels used. Checked in a child process: in this
+    /// one, another test's mapping may take the addresses as soon as they are free.
     #[test]
     fn dropping_a_pool_unmaps_its_chunks() {
-        let shards = one_level();
-        let items: Vec<usize> = (1..=MAX_CHAIN).collect();
-        // One batch more than the first chunk holds.
-        for _ in 0..=CHUNK_SLOTS / slots_for(MAX_CHAIN as u32) as usize {
-            shards.shard(0).push_items(&items).unwrap();
+        /// What the child finds, as its exit status.
+        fn check() -> i32 {
+            let shards = one_level();
+            let items: Vec<usize> = (1..=MAX_CHAIN).collect();
+            // One batch more than the first chunk holds.
+            for _ in 0..=CHUNK_SLOTS / slots_for(MAX_CHAIN as u32) as usize {
+                shards.shard(0).push_items(&items).unwrap();
+            }
+            let mapped = chunks(own_pool(&shards));
+            if mapped.len() != 2 {
+                return 3;
+            }
+            drop(shards);
+            let still_mapped = mapped.iter().any(|&chunk| {
+                let mut vec = 0u8;
+                // SAFETY: mincore only reports on the range; an unmapped one fails (ENOMEM).
+                unsafe { libc::mincore(chunk as *mut libc::c_void, 1, &mut vec) == 0 }
+            });
+            i32::from(still_mapped)
         }
-        let mapped = chunks(own_pool(&shards));
-        assert_eq!(mapped.len(), 2);
-        drop(shards);
-        for chunk in mapped {
-            let mut vec = 0u8;
-            // SAFETY: mincore only reports on the range; an unmapped one fails with ENOMEM.
-            let rc = unsafe { libc::mincore(chunk as *mut libc::c_void, 1, &mut vec) };
-            assert_eq!(rc, -1, "chunk {chunk:?} still mapped");
+        // SAFETY: the child runs `check` on this thread alone (the harness's other threads do
+        // not exist there, and hold no lock it takes: glibc's malloc is fork-safe), then leaves
+        // with `_exit`, running nothing of the parent's.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let status = std::panic::catch_unwind(check).unwrap_or(2);
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(status) };
         }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status),
+            "the child died: status {status:#x}"
+        );
+        let code = libc::WEXITSTATUS(status);
+        assert!(code != 3, "the batches did not fill two chunks");
+        assert!(code != 2, "the child panicked");
+        assert_eq!(code, 0, "a chunk is still mapped after the pool dropped");
     }
 
     #[test]
