@@ -176,10 +176,9 @@ impl CacheArena {
 /// first names it). The sequence compares the remembered index with the kernel's, so a thread
 /// that moved fails its attempt, and the slow paths call [`Self::remember`] to refresh the memo.
 /// That saves the index load, the bound and the multiply: with the commits by `add` (see
-/// rseq-sys), 10 instructions from a `malloc` and `free` pair and
-/// 0.96 of the time on `larson` and `mstress`. The memo is kept for one table at a time per
-/// thread; a thread that alternates between two allocators only takes their slow paths more
-/// often.
+/// rseq-sys), 10 instructions from a `malloc` and `free` pair and 0.96 of the time on `larson`
+/// and `mstress`. The memo is kept for one table at a time per thread; a thread that alternates
+/// between two allocators only takes their slow paths more often.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct DirectCaches {
