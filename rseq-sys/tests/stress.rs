@@ -26,7 +26,7 @@ struct Report {
 fn stress(index: Index, threads: usize, pin_to: Option<usize>) -> Report {
     let allowed = allowed_cpus();
     let storm = SignalStorm::start(threads);
-    let slots = Slots::new();
+    let slots = Slots::new(index);
     let seen_aborts = AtomicU64::new(0);
     let (expected, aborts, adds) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -52,7 +52,7 @@ fn stress(index: Index, threads: usize, pin_to: Option<usize>) -> Report {
                     {
                         i += 1;
                         let value = rng.below(2001) as i64 - 1000;
-                        let a = slots.add(index, value);
+                        let a = slots.add(value);
                         if a > 0 {
                             aborts += a;
                             seen_aborts.fetch_add(a, Ordering::Relaxed);

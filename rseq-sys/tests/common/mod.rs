@@ -277,35 +277,42 @@ impl Drop for SignalStorm {
     }
 }
 
-/// One cache-line-padded slot per possible CPU (or mm_cid), written only by rseq sequences.
-pub struct Slots(Vec<Padded>);
+/// One cache-line-padded slot per possible CPU (or mm_cid), written only by rseq sequences on
+/// one kind of index. The kind is fixed at construction: slot `i` by CPU and slot `i` by mm_cid
+/// belong to different threads at the same moment, so sequences on both kinds sharing one array
+/// would race (a lost add, seen in CI).
+pub struct Slots {
+    index: rseq_sys::Index,
+    slots: Vec<Padded>,
+}
 
 #[repr(align(128))]
 struct Padded(std::cell::UnsafeCell<i64>);
 
-// SAFETY: each slot is written only by commit sequences on its own index (never concurrently with
-// another writer of the same slot), and read only after the writers are joined.
+// SAFETY: each slot is written only by commit sequences on the one kind of index this array was
+// made for, at that index, so by one running thread at a time; it is read only after the writers
+// are joined.
 unsafe impl Sync for Slots {}
 
 impl Slots {
-    pub fn new() -> Slots {
-        Slots(
-            (0..rseq_sys::possible_cpus())
-                .map(|_| Padded(std::cell::UnsafeCell::new(0)))
-                .collect(),
-        )
+    pub fn new(index: rseq_sys::Index) -> Slots {
+        let slots = (0..rseq_sys::possible_cpus())
+            .map(|_| Padded(std::cell::UnsafeCell::new(0)))
+            .collect();
+        Slots { index, slots }
     }
 
-    /// Adds `value` to the current index's slot; returns how many times the sequence aborted.
-    pub fn add(&self, index: rseq_sys::Index, value: i64) -> u64 {
+    /// Adds `value` to the slot of the index the thread runs on; returns how many times the
+    /// sequence aborted.
+    pub fn add(&self, value: i64) -> u64 {
         let mut aborts = 0;
         loop {
             let current = rseq_sys::current().expect("rseq registered");
             let seq = current.sequences().expect("sequences on this architecture");
-            let i = current.index(index);
-            let slot = self.0[i as usize].0.get();
-            // SAFETY: the slot is only written by sequences on index `i`.
-            match unsafe { seq.add(index, i, slot, value) } {
+            let i = current.index(self.index);
+            let slot = self.slots[i as usize].0.get();
+            // SAFETY: the slot is only written by sequences on index `i` of this kind.
+            match unsafe { seq.add(self.index, i, slot, value) } {
                 rseq_sys::Outcome::Committed(()) => return aborts,
                 rseq_sys::Outcome::Aborted => aborts += 1,
                 rseq_sys::Outcome::CompareFailed => unreachable!("add never compares"),
@@ -315,7 +322,7 @@ impl Slots {
 
     /// The sum of all slots, once the writers are done.
     pub fn sum(&mut self) -> i64 {
-        self.0.iter_mut().map(|p| *p.0.get_mut()).sum()
+        self.slots.iter_mut().map(|p| *p.0.get_mut()).sum()
     }
 }
 
