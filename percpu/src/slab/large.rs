@@ -1,9 +1,12 @@
 //! Large blocks (beyond the size classes): a mapping each, at page granularity, with a bounded
 //! cache of freed mappings so that repeated large allocations do not call the kernel every time.
-//! The cache keeps its mappings resident, so it holds no more bytes than the most large blocks
-//! ever in use at once (beyond a floor), evicting the oldest first: a program that allocates a
-//! batch of large blocks, frees them and allocates them again finds them all cached, while one
-//! whose large blocks keep growing (each freed for a larger one) keeps only the latest.
+//! The cache keeps its mappings resident, so it is bounded by what the program has shown it
+//! needs: the large blocks in use and the cache together never hold more bytes than the most
+//! large blocks ever in use at once (beyond a floor), the oldest cached evicted first, on frees
+//! and on allocations the cache cannot serve. A program that allocates a batch of large blocks,
+//! frees them and allocates them again finds them all cached, while one whose large blocks keep
+//! growing (each new one allocated before the old is freed, as a growing table is) keeps only
+//! the latest: a larger block in use leaves less room.
 //!
 //! A large block's mapping starts one page before the block; the last 16 bytes of that page
 //! record the mapping (its start and length), so a pointer alone finds its size, `realloc` can
@@ -20,9 +23,11 @@ const CACHE_ENTRIES: usize = 32;
 /// At most this many bytes are kept in the cache, and no single mapping above this.
 const CACHE_BYTES: usize = 64 << 20;
 const CACHE_SPAN: usize = 16 << 20;
-/// The cache may hold as many bytes as the most large blocks in use at once, and at least this
-/// many.
+/// Large blocks in use and cached together may hold as many bytes as the most large blocks in
+/// use at once, and at least this many.
 const CACHE_FLOOR: usize = 4 << 20;
+/// Cached mappings one lock hold evicts at most (unmapped once it is released).
+const EVICT_BATCH: usize = 4;
 
 /// A cached mapping; `len` 0 marks a free entry. Written under the lock.
 struct Cached {
@@ -99,10 +104,11 @@ impl Large {
                     ptr: self.install(base, cached_len),
                     zeroed: false,
                 },
-                None => LargeBlock {
-                    ptr: self.install(map(len)?, len),
-                    zeroed: true,
-                },
+                None => {
+                    let ptr = self.install(map(len)?, len);
+                    self.shrink_cache();
+                    LargeBlock { ptr, zeroed: true }
+                }
             }
         } else {
             // Over-map, then keep the part where the block is aligned.
@@ -119,10 +125,9 @@ impl Large {
                     libc::munmap((base + len) as *mut libc::c_void, raw + total - base - len);
                 }
             }
-            LargeBlock {
-                ptr: self.install(base, len),
-                zeroed: true,
-            }
+            let ptr = self.install(base, len);
+            self.shrink_cache();
+            LargeBlock { ptr, zeroed: true }
         };
         self.allocs.fetch_add(1, Ordering::Relaxed);
         Some(block)
@@ -191,7 +196,11 @@ impl Large {
             return None;
         }
         self.in_use_bytes.fetch_sub(len, Ordering::Relaxed);
-        Some(self.install(new_base as usize, new_len))
+        let block = self.install(new_base as usize, new_len);
+        if new_len > len {
+            self.shrink_cache();
+        }
+        Some(block)
     }
 
     /// A cached mapping of at least `len` bytes and at most a quarter more; best fit.
@@ -213,24 +222,43 @@ impl Large {
         Some((base, len))
     }
 
-    /// Caches the freed mapping `[base, base + len)` within the budget (the most large blocks in
-    /// use at once, at least [`CACHE_FLOOR`], at most [`CACHE_BYTES`]), unmapping the oldest
-    /// cached mappings to make room; `false` when it does not fit at all (the caller unmaps it).
-    fn put_cached(&self, base: usize, len: usize) -> bool {
-        let budget = self
+    /// Bytes the cache may hold now: what the most large blocks ever in use at once (at least
+    /// [`CACHE_FLOOR`]) leaves beside those in use, at most [`CACHE_BYTES`]. A budget read
+    /// without the lock: racing allocations and frees move it a little.
+    fn room(&self) -> usize {
+        let peak = self
             .peak_in_use_bytes
             .load(Ordering::Relaxed)
-            .clamp(CACHE_FLOOR, CACHE_BYTES);
-        if len > budget {
+            .max(CACHE_FLOOR);
+        peak.saturating_sub(self.in_use_bytes.load(Ordering::Relaxed))
+            .min(CACHE_BYTES)
+    }
+
+    /// Takes the oldest cached mapping out of the cache (under the lock): `(base, len)`, for the
+    /// caller to unmap once the lock is released; `None` when the cache is empty.
+    fn evict_oldest(&self) -> Option<(usize, usize)> {
+        let oldest = self
+            .cache
+            .iter()
+            .filter(|e| e.len.load(Ordering::Relaxed) != 0)
+            .min_by_key(|e| e.stamp.load(Ordering::Relaxed))?;
+        let len = oldest.len.swap(0, Ordering::Relaxed);
+        self.cached_bytes.fetch_sub(len, Ordering::Relaxed);
+        Some((oldest.base.load(Ordering::Relaxed), len))
+    }
+
+    /// Caches the freed mapping `[base, base + len)` within [`Self::room`], unmapping the oldest
+    /// cached mappings to make room; `false` when it does not fit at all (the caller unmaps it).
+    fn put_cached(&self, base: usize, len: usize) -> bool {
+        if len > self.room() {
             return false;
         }
-        // Unmapped once the lock is released: other threads' large paths need not wait on it.
-        let mut evicted = [(0usize, 0usize); 4];
+        let mut evicted = [(0usize, 0usize); EVICT_BATCH];
         let mut count = 0;
         let kept = {
             let _guard = self.lock.lock();
             loop {
-                let fits = self.cached_bytes.load(Ordering::Relaxed) + len <= budget;
+                let fits = self.cached_bytes.load(Ordering::Relaxed) + len <= self.room();
                 let free = self
                     .cache
                     .iter()
@@ -244,26 +272,45 @@ impl Large {
                     break true;
                 }
                 // Ends: each turn empties an entry, and with every entry empty the mapping fits
-                // (it is within the budget). Evictions beyond a handful leave the mapping out.
-                let oldest = self
-                    .cache
-                    .iter()
-                    .filter(|e| e.len.load(Ordering::Relaxed) != 0)
-                    .min_by_key(|e| e.stamp.load(Ordering::Relaxed));
-                let (Some(oldest), true) = (oldest, count < evicted.len()) else {
+                // (it was within the room, unless a racing allocation took some: then the cache
+                // runs dry and the mapping is left out). Evictions beyond a batch leave it out.
+                let victim = if count < EVICT_BATCH {
+                    self.evict_oldest()
+                } else {
+                    None
+                };
+                let Some(victim) = victim else {
                     break false;
                 };
-                let old_len = oldest.len.swap(0, Ordering::Relaxed);
-                evicted[count] = (oldest.base.load(Ordering::Relaxed), old_len);
+                evicted[count] = victim;
                 count += 1;
-                self.cached_bytes.fetch_sub(old_len, Ordering::Relaxed);
             }
         };
-        for &(old_base, old_len) in &evicted[..count] {
-            // SAFETY: an evicted mapping is no block's and no longer in the cache.
-            unsafe { libc::munmap(old_base as *mut libc::c_void, old_len) };
-        }
+        unmap_all(&evicted[..count]);
         kept
+    }
+
+    /// Evicts the oldest cached mappings until the cache fits in [`Self::room`]: after an
+    /// allocation the cache could not serve, which leaves less room beside the blocks in use.
+    fn shrink_cache(&self) {
+        while self.cached_bytes.load(Ordering::Relaxed) > self.room() {
+            let mut evicted = [(0usize, 0usize); EVICT_BATCH];
+            let mut count = 0;
+            {
+                let _guard = self.lock.lock();
+                while count < EVICT_BATCH
+                    && self.cached_bytes.load(Ordering::Relaxed) > self.room()
+                    && let Some(victim) = self.evict_oldest()
+                {
+                    evicted[count] = victim;
+                    count += 1;
+                }
+            }
+            unmap_all(&evicted[..count]);
+            if count < EVICT_BATCH {
+                return;
+            }
+        }
     }
 
     /// Unmaps every cached mapping: the bytes released. The budget starts again from the
@@ -301,6 +348,14 @@ impl Large {
 
     pub(crate) fn frees(&self) -> usize {
         self.frees.load(Ordering::Relaxed)
+    }
+}
+
+/// Unmaps mappings evicted from the cache.
+fn unmap_all(evicted: &[(usize, usize)]) {
+    for &(base, len) in evicted {
+        // SAFETY: an evicted mapping is no block's and no longer in the cache.
+        unsafe { libc::munmap(base as *mut libc::c_void, len) };
     }
 }
 

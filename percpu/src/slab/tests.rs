@@ -386,6 +386,52 @@ fn the_large_cache_holds_no_more_than_the_most_large_blocks_in_use() {
     assert_eq!(a.stats().large_cached_bytes, in_use);
 }
 
+/// A block that keeps growing, each new one allocated before the old is freed (as a growing
+/// table is): the blocks in use and the cache together never hold more than the most large
+/// blocks ever in use at once, so the cache keeps no step of the growth but the last ones,
+/// which the blocks' peak still has room for.
+#[test]
+fn large_blocks_in_use_and_cached_never_exceed_their_peak() {
+    let a = PerCpuAlloc::new();
+    let mib = 1 << 20;
+    let mut peak = 0;
+    let mut check = |step: &str| {
+        let stats = a.stats();
+        peak = peak.max(stats.large_in_use_bytes);
+        let held = stats.large_in_use_bytes + stats.large_cached_bytes;
+        assert!(
+            held <= peak.max(4 * mib),
+            "{step}: {held} bytes in use and cached, past the peak of {peak}"
+        );
+    };
+    let mut old: Option<(*mut u8, Layout)> = None;
+    for size in 2..=9 {
+        let l = layout(size * mib, 16);
+        // SAFETY: a valid layout.
+        let p = unsafe { a.alloc(l) };
+        assert!(!p.is_null());
+        check(&format!("{size} MiB allocated"));
+        if let Some((q, ql)) = old.replace((p, l)) {
+            // SAFETY: allocated above with `ql`, freed once.
+            unsafe { a.dealloc(q, ql) };
+            check(&format!("{} MiB freed", size - 1));
+        }
+    }
+    let (last, l) = old.unwrap();
+    // SAFETY: allocated above with `l`.
+    unsafe { a.dealloc(last, l) };
+    check("9 MiB freed");
+    assert!(
+        a.stats().large_cached_bytes >= 9 * mib,
+        "the last block stays cached"
+    );
+    // SAFETY: a valid layout.
+    let again = unsafe { a.alloc(l) };
+    assert_eq!(again, last, "and comes back for its size");
+    // SAFETY: allocated above with `l`.
+    unsafe { a.dealloc(again, l) };
+}
+
 #[test]
 fn zeroed_memory_is_zero_even_when_reused() {
     let a = PerCpuAlloc::new();
