@@ -15,6 +15,9 @@ source benches/malloc/allocators.sh
 for tool in python3 sqlite3 sort cc; do
     command -v "$tool" >/dev/null || { echo "$tool: not installed" >&2; exit 1; }
 done
+# The interpreter itself, not a wrapper (pyenv's shims are shell scripts that start several
+# processes before it).
+python=$(python3 -c 'import sys; print(sys.executable)')
 
 cat >"$work/program.py" <<'PY'
 table = {}
@@ -44,16 +47,17 @@ print('\n'.join(f'{random.getrandbits(48):x} {random.random():.6f} line {i}' for
 
 launcher=$(program peakrss)
 
-python3 - "$rounds" "$work" "$sort_input" "$launcher" "${lib[glibc]}" "${lib[percpu]}" "${lib[mimalloc]}" \
+python3 - "$rounds" "$work" "$sort_input" "$launcher" "$python" "${lib[glibc]}" "${lib[percpu]}" "${lib[mimalloc]}" \
     "${lib[jemalloc]}" "${lib[tcmalloc]}" <<'PY'
 import hashlib, os, platform, statistics, subprocess, sys
 
-rounds, work, sort_input, launcher = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+rounds, work, sort_input, launcher, python = sys.argv[1:6]
+rounds = int(rounds)
 names = ["glibc", "percpu", "mimalloc", "jemalloc", "tcmalloc"]
-libs = dict(zip(names, sys.argv[5:10]))
+libs = dict(zip(names, sys.argv[6:11]))
 measured = f"{work}/program-measured.txt"
 programs = {
-    "python3": (["python3", f"{work}/program.py"], None),
+    "python3": ([python, f"{work}/program.py"], None),
     "sqlite3": (["sqlite3", ":memory:"], f"{work}/program.sql"),
     "sort": (["sort", "-S", "512M", sort_input], None),
     "cc -O2": (["cc", "-O2", "-c", "-o", "/dev/null", "benches/malloc/shapes.c"], None),
