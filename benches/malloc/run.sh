@@ -18,12 +18,12 @@ wrap=()
 [ -n "${MALLOC_BENCH_NO_RSEQ:-}" ] && wrap=("$(program norseq)")
 
 allocators=(glibc percpu mimalloc jemalloc tcmalloc)
-shapes=(larson xmalloc scratch mstress small handoff)
+shapes=(larson xmalloc scratch mstress small bulk handoff)
 results=$work/results.txt
 : >"$results"
 for shape in "${shapes[@]}"; do
     t=$threads
-    [ "$shape" = small ] && t=1
+    case $shape in small | bulk) t=1 ;; esac
     for ((round = 0; round < rounds; round++)); do
         for ((i = 0; i < ${#allocators[@]}; i++)); do
             a=${allocators[$(((i + round) % ${#allocators[@]}))]}

@@ -11,6 +11,9 @@
  *   mstress  churn: each thread keeps a window of live blocks of mixed sizes (some large),
  *            freeing and allocating at random, with reallocs
  *   small    single-threaded small-object churn: linked lists built and torn down
+ *   bulk     single-threaded: 200,000 blocks of 32-127 bytes allocated into an array, then
+ *            freed in reverse, again and again: what a program that builds and drops a large
+ *            structure asks of the levels below the caches, with no work of its own in between
  *   handoff  xmalloc with each block passed on its own, under the lock: the lock's futex traffic,
  *            more than the allocator, sets its time (kept for comparison with earlier figures)
  *
@@ -270,6 +273,27 @@ static void small(void) {
     if (sum == 42) puts("");
 }
 
+/* ---- bulk ---- */
+#define BULK_BLOCKS 200000
+
+static void bulk(void) {
+    uint64_t rng = 7;
+    void **blocks = must(malloc(BULK_BLOCKS * sizeof(void *)));
+    long sum = 0;
+    for (long round = 0; round < 20 * scale; round++) {
+        for (long i = 0; i < BULK_BLOCKS; i++) {
+            blocks[i] = must(malloc(32 + next(&rng) % 96));
+            *(long *)blocks[i] = i;
+        }
+        for (long i = BULK_BLOCKS - 1; i >= 0; i--) {
+            sum += *(long *)blocks[i];
+            free(blocks[i]);
+        }
+    }
+    free(blocks);
+    if (sum == 42) puts("");
+}
+
 /* Peak RSS in KiB of this process image: VmHWM. getrusage's ru_maxrss would do, but it also
  * counts the image this process replaced with exec (the forking shell's, about 1.6 MiB), a floor
  * that hides the smallest programs' peaks. */
@@ -290,7 +314,7 @@ static long peak_rss_kib(void) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s larson|xmalloc|scratch|mstress|small|handoff THREADS [SCALE]\n", argv[0]);
+        fprintf(stderr, "usage: %s larson|xmalloc|scratch|mstress|small|bulk|handoff THREADS [SCALE]\n", argv[0]);
         return 2;
     }
     threads = atoi(argv[2]);
@@ -302,6 +326,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "scratch")) scratch();
     else if (!strcmp(argv[1], "mstress")) mstress();
     else if (!strcmp(argv[1], "small")) small();
+    else if (!strcmp(argv[1], "bulk")) bulk();
     else if (!strcmp(argv[1], "handoff")) handoff();
     else {
         fprintf(stderr, "unknown shape %s\n", argv[1]);
