@@ -47,8 +47,8 @@ print('\n'.join(f'{random.getrandbits(48):x} {random.random():.6f} line {i}' for
 
 launcher=$(program peakrss)
 
-python3 - "$rounds" "$work" "$sort_input" "$launcher" "$python" "${lib[glibc]}" "${lib[percpu]}" "${lib[mimalloc]}" \
-    "${lib[jemalloc]}" "${lib[tcmalloc]}" <<'PY'
+python3 - "$rounds" "$work" "$sort_input" "$launcher" "$python" \
+    "${lib[glibc]}" "${lib[percpu]}" "${lib[mimalloc]}" "${lib[jemalloc]}" "${lib[tcmalloc]}" <<'PY'
 import hashlib, os, platform, statistics, subprocess, sys
 
 rounds, work, sort_input, launcher, python = sys.argv[1:6]
