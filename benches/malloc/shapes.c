@@ -12,8 +12,8 @@
  *            freeing and allocating at random, with reallocs
  *   small    single-threaded small-object churn: linked lists built and torn down
  *   bulk     single-threaded: 200,000 blocks of 32-127 bytes allocated into an array, then
- *            freed in reverse, again and again: what a program that builds and drops a large
- *            structure asks of the levels below the caches, with no work of its own in between
+ *            read and freed in reverse, again and again: what a program that builds and drops a
+ *            large structure asks of the levels below the caches, with little work of its own
  *   handoff  xmalloc with each block passed on its own, under the lock: the lock's futex traffic,
  *            more than the allocator, sets its time (kept for comparison with earlier figures)
  *
