@@ -3,7 +3,7 @@
 # network: everything is built here first, then one command there runs it all and writes into
 # one folder.
 #
-#   benches/lent-machine.sh prepare            # here: builds target/lent (about 10 MiB)
+#   benches/lent-machine.sh prepare            # here: builds target/lent (about 28 MiB)
 #   benches/lent-machine.sh run OUT [ROUNDS]   # there, from a checkout carrying target/lent
 #
 # `run` writes OUT/shapes.md (benches/malloc/run.sh at as many threads as the machine has CPUs,
@@ -14,6 +14,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lent=target/lent
+
+# Everything `run` does, its output to the terminal and to OUT/log.
+run_all() {
+    local out=$1 rounds=$2
+    echo "$(nproc) CPUs, possible $(cat /sys/devices/system/cpu/possible), $(uname -r)"
+    ldd --version | head -1
+    local start=$SECONDS
+    # The report first: it is the shorter of the two, and needs nothing but the binary.
+    "$lent/percpu" bench --out "$out/report" || echo "percpu bench failed; on to the shapes"
+    echo "report: $((SECONDS - start)) s"
+    MALLOC_BENCH_PACK=$lent/pack benches/malloc/run.sh "$rounds" "$(nproc)" 4 >"$out/shapes.md" ||
+        echo "run.sh failed: the raw runs are in results.txt"
+    cp target/malloc-bench/results.txt "$out/"
+    cat "$out/shapes.md"
+    echo "total: $((SECONDS - start)) s"
+}
 
 case ${1:-} in
     prepare)
@@ -29,19 +45,7 @@ case ${1:-} in
         rounds=${3:-3}
         [ -x "$lent/percpu" ] || { echo "$lent: missing; run 'prepare' and carry it" >&2; exit 1; }
         mkdir -p "$out"
-        out=$(realpath "$out")
-        exec > >(tee "$out/log") 2>&1
-        echo "$(nproc) CPUs, possible $(cat /sys/devices/system/cpu/possible), $(uname -r)"
-        ldd --version | head -1
-        start=$SECONDS
-        # The report first: it is the shorter of the two, and needs nothing but the binary.
-        "$lent/percpu" bench --out "$out/report"
-        echo "report: $((SECONDS - start)) s"
-        MALLOC_BENCH_PACK=$lent/pack benches/malloc/run.sh "$rounds" "$(nproc)" 4 >"$out/shapes.md" ||
-            echo "run.sh failed: the raw runs are in results.txt"
-        cp target/malloc-bench/results.txt "$out/"
-        cat "$out/shapes.md"
-        echo "total: $((SECONDS - start)) s"
+        run_all "$(realpath "$out")" "$rounds" 2>&1 | tee "$out/log"
         ;;
     *)
         echo "usage: benches/lent-machine.sh prepare | run OUT [ROUNDS]" >&2
