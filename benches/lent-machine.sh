@@ -5,12 +5,20 @@
 #
 #   benches/lent-machine.sh prepare            # here: builds target/lent (about 28 MiB)
 #   benches/lent-machine.sh run OUT [ROUNDS]   # there, from a checkout carrying target/lent
+#   benches/lent-machine.sh probe OUT [LABEL=LIB ...]   # there: where `mstress` loses (below)
 #
 # `run` writes OUT/shapes.md (benches/malloc/run.sh at as many threads as the machine has CPUs,
 # scale 4, ROUNDS rounds, default 3) with its raw runs in OUT/results.txt, OUT/report/ (`percpu
 # bench --out`) and OUT/log: 8 files, as many as the device tool brings back. On the 16-core
-# machine lent before, expect about 4 minutes in all (the report took 44 s; a round of the
-# shapes, by the times in BENCHMARKS.md, about a minute).
+# machine lent so far, `run OUT 5` took 320 s: the report 42 s, each round of the shapes about
+# 56 s.
+#
+# `probe` asks why mimalloc leads `mstress` on many cores and not on 2 (BENCHMARKS.md, issue 6's
+# twentieth round), in about 2 minutes, into one file, OUT/probe.md: the addresses the fast paths
+# load from and store to, read with gdb (or the CUDA image's cuda-gdb), for page offsets that
+# could alias; `mstress` side by side with mimalloc at 1, 2 and all CPUs' threads, with any
+# LABEL=LIB builds of libpercpu_malloc.so given (built and carried like the pack) at all CPUs';
+# and the same library without rseq (PERCPU_FORCE_FALLBACK=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lent=target/lent
@@ -31,6 +39,55 @@ run_all() {
     echo "total: $((SECONDS - start)) s"
 }
 
+# gdb commands that stop a `shapes mstress` thread in its third `free` and print the thread
+# pointer, the thread's memo (rseq-sys's thread block), the rseq area (glibc's), the memo's
+# words, and the count words and first slot pointer of the region the memo names.
+layout_commands=(
+    "set pagination off" "set language c" "break mstress_thread" "run"
+    "set \$memo = (long)&__rseq_sys_thread_block_0_1_0"
+    "set \$area = \$fs_base + *(long*)&__rseq_offset"
+    "break free" "continue" "continue" "continue"
+    "printf \"thread pointer %#lx\\n\", \$fs_base"
+    "printf \"memo %#lx\\nrseq area %#lx\\n\", \$memo, \$area" "x/6gx \$memo"
+    "set \$counts = *(long*)(\$memo + 0x28)"
+    "printf \"count words %#lx, first slot pointer %#lx\\n\", \$counts, *(long*)(\$counts + 0x400)"
+    "kill"
+)
+
+# Everything `probe` does, its output to the terminal and to OUT/probe.md.
+probe_all() {
+    local pack=$lent/pack cpus
+    cpus=$(nproc)
+    local base=percpu=$pack/libpercpu_malloc.so peer=mimalloc=$pack/libmimalloc.so.2
+    echo "# mstress probe: $cpus CPUs, $(uname -r), $(ldd --version | head -1)"
+    grep -m1 "model name" /proc/cpuinfo || true
+    local gdb
+    gdb=$(command -v gdb || command -v cuda-gdb || ls /usr/local/cuda*/bin/cuda-gdb 2>/dev/null | head -1 || true)
+    for spec in "$base" "$@"; do
+        echo "## layout under ${spec%%=*}"
+        if [ -z "$gdb" ]; then
+            echo "no gdb here"
+            break
+        fi
+        local args=(-q -batch -ex "set environment LD_PRELOAD=$(realpath "${spec#*=}")")
+        for c in "${layout_commands[@]}"; do args+=(-ex "$c"); done
+        timeout 120 "$gdb" "${args[@]}" --args "$pack/shapes" mstress 1 1 2>&1 |
+            grep -E '^(thread|memo|rseq|count|0x)' || echo "(gdb printed nothing)"
+    done
+    export MALLOC_BENCH_PACK=$pack
+    for threads in $(printf '%s\n' 1 2 "$cpus" | sort -nu); do
+        local extra=()
+        [ "$threads" = "$cpus" ] && extra=("$@")
+        echo "## mstress $threads 4"
+        benches/malloc/ab.sh 11 "mstress $threads 4" "$base" "${extra[@]}" "$peer" 2>&1 | grep -E '^\|'
+    done
+    echo "## without rseq: PERCPU_FORCE_FALLBACK=1, alternating with rseq, mstress $cpus 4"
+    for round in 1 2 3 4 5; do
+        echo "rseq $(LD_PRELOAD=${base#*=} "$pack/shapes" mstress "$cpus" 4)"
+        echo "fallback $(PERCPU_FORCE_FALLBACK=1 LD_PRELOAD=${base#*=} "$pack/shapes" mstress "$cpus" 4)"
+    done
+}
+
 case ${1:-} in
     prepare)
         cargo build --release -q -p percpu-cli
@@ -47,8 +104,15 @@ case ${1:-} in
         mkdir -p "$out"
         run_all "$(realpath "$out")" "$rounds" 2>&1 | tee "$out/log"
         ;;
+    probe)
+        out=${2:?usage: benches/lent-machine.sh probe OUT [LABEL=LIB ...]}
+        shift 2
+        [ -d "$lent/pack" ] || { echo "$lent/pack: missing; run 'prepare' and carry it" >&2; exit 1; }
+        mkdir -p "$out"
+        probe_all "$@" 2>&1 | tee "$out/probe.md"
+        ;;
     *)
-        echo "usage: benches/lent-machine.sh prepare | run OUT [ROUNDS]" >&2
+        echo "usage: benches/lent-machine.sh prepare | run OUT [ROUNDS] | probe OUT [LABEL=LIB ...]" >&2
         exit 2
         ;;
 esac
