@@ -79,7 +79,8 @@ probe_all() {
         local extra=()
         [ "$threads" = "$cpus" ] && extra=("$@")
         echo "## mstress $threads 4"
-        benches/malloc/ab.sh 11 "mstress $threads 4" "$base" "${extra[@]}" "$peer" 2>&1 | grep -E '^\|'
+        benches/malloc/ab.sh 11 "mstress $threads 4" "$base" "${extra[@]}" "$peer" 2>&1 |
+            grep -E '^\|' || echo "(ab.sh gave no table)"
     done
     echo "## without rseq: PERCPU_FORCE_FALLBACK=1, alternating with rseq, mstress $cpus 4"
     for round in 1 2 3 4 5; do
@@ -108,6 +109,9 @@ case ${1:-} in
         out=${2:?usage: benches/lent-machine.sh probe OUT [LABEL=LIB ...]}
         shift 2
         [ -d "$lent/pack" ] || { echo "$lent/pack: missing; run 'prepare' and carry it" >&2; exit 1; }
+        for spec in "$@"; do
+            [[ $spec == ?*=?* && -f ${spec#*=} ]] || { echo "$spec: not LABEL=LIB with LIB a file" >&2; exit 2; }
+        done
         mkdir -p "$out"
         probe_all "$@" 2>&1 | tee "$out/probe.md"
         ;;
