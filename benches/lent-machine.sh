@@ -3,15 +3,19 @@
 # network: everything is built here first, then one command there runs it all and writes into
 # one folder.
 #
-#   benches/lent-machine.sh prepare            # here: builds target/lent (about 28 MiB)
+#   benches/lent-machine.sh prepare            # here: builds target/lent (about 37 MiB)
 #   benches/lent-machine.sh run OUT [ROUNDS]   # there, from a checkout carrying target/lent
 #   benches/lent-machine.sh probe OUT [LABEL=LIB ...]   # there: where `mstress` loses (below)
 #
-# `run` writes OUT/shapes.md (benches/malloc/run.sh at as many threads as the machine has CPUs,
-# scale 4, ROUNDS rounds, default 3) with its raw runs in OUT/results.txt, OUT/report/ (`percpu
-# bench --out`) and OUT/log: 8 files, as many as the device tool brings back. On the 16-core
-# machine lent so far, `run OUT 5` took 320 s: the report 42 s, each round of the shapes about
-# 56 s.
+# `run` first runs the rseq-sys and percpu test binaries, as built here (release), twice: as
+# they are, and with `PerCpuAlloc` as their global allocator (`--features
+# percpu/global-allocator`), so the stress tests meet many CPUs; a failing test is reported in the
+# log and the benchmarks still run. Then it writes OUT/report/ (`percpu bench --out`) and
+# OUT/shapes.md (benches/malloc/run.sh at as many threads as the machine has CPUs, scale 4,
+# ROUNDS rounds, default 3) with its raw runs in OUT/results.txt, and everything it printed in
+# OUT/log: 8 files, as many as the device tool brings back. On the 16-core machine lent so far,
+# `run OUT 5` took 320 s before the tests were added: the report 42 s, each round of the shapes
+# about 56 s (the tests take about 15 s a set on 2 CPUs).
 #
 # `probe` asks why mimalloc leads `mstress` on many cores and not on 2 (BENCHMARKS.md, issue 6's
 # twentieth round), in about 2 minutes, into one file, OUT/probe.md: the addresses the fast paths
@@ -23,12 +27,33 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 lent=target/lent
 
+# Runs every test binary listed in DIR/list; prints each one's summary (all its output when it
+# fails) and returns how many failed.
+run_tests() {
+    local dir=$1 failed=0 name output
+    while read -r name; do
+        if output=$(timeout 600 "$dir/$name" 2>&1); then
+            echo "$name: $(grep 'test result' <<<"$output" | tail -1)"
+        else
+            echo "$name: FAILED (exit $?)"
+            echo "$output" | tail -40
+            failed=$((failed + 1))
+        fi
+    done <"$dir/list"
+    return "$failed"
+}
+
 # Everything `run` does, its output to the terminal and to OUT/log.
 run_all() {
     local out=$1 rounds=$2
     echo "$(nproc) CPUs, possible $(cat /sys/devices/system/cpu/possible), $(uname -r)"
     ldd --version | head -1
     local start=$SECONDS
+    for set in tests tests-global-alloc; do
+        local failed=0
+        run_tests "$lent/$set" || failed=$?
+        echo "$set: $(wc -l <"$lent/$set/list") binaries, $failed failed ($((SECONDS - start)) s)"
+    done
     # The report first: it is the shorter of the two, and needs nothing but the binary.
     "$lent/percpu" bench --out "$out/report" || echo "percpu bench failed; on to the shapes"
     echo "report: $((SECONDS - start)) s"
@@ -93,9 +118,16 @@ case ${1:-} in
     prepare)
         cargo build --release -q -p percpu-cli
         rm -rf "$lent"
-        mkdir -p "$lent"
+        mkdir -p "$lent/tests" "$lent/tests-global-alloc"
         benches/malloc/pack.sh "$lent/pack" >/dev/null
-        cp target/release/percpu "$lent/"
+        strip -o "$lent/percpu" target/release/percpu
+        for set in tests tests-global-alloc; do
+            features=()
+            [ "$set" = tests-global-alloc ] && features=(--features percpu/global-allocator)
+            cargo test --release -q -p rseq-sys -p percpu "${features[@]}" --tests --no-run \
+                --message-format=json-render-diagnostics | python3 ci/collect-tests.py "$lent/$set"
+            while read -r name; do strip "$lent/$set/$name"; done <"$lent/$set/list"
+        done
         du -sh "$lent"
         ;;
     run)

@@ -65,18 +65,7 @@ initramfs() {
     fi
     env "${env[@]}" cargo test --release --target "$target" -p rseq-sys -p percpu --tests --no-run \
         --message-format=json-render-diagnostics 2>"$work/build-$target.log" |
-        python3 -c '
-import json, os, shutil, sys
-dest = sys.argv[1]
-names = []
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
-        name = os.path.basename(msg["executable"])
-        shutil.copy(msg["executable"], os.path.join(dest, name))
-        names.append(name)
-open(os.path.join(dest, "list"), "w").write("".join(n + "\n" for n in sorted(names)))
-' "$dir/tests" || { cat "$work/build-$target.log" >&2; exit 1; }
+        python3 ci/collect-tests.py "$dir/tests" || { cat "$work/build-$target.log" >&2; exit 1; }
     # rseq-sys in an object loaded with dlopen (tests/dlopen.rs does this on the host): the probe
     # and a C program that loads it, dynamically linked, with the loader and libraries they need.
     local cc=cc libs=/lib/x86_64-linux-gnu
