@@ -33,7 +33,7 @@ lent=target/lent
 run_tests() {
     local dir=$1 failed=0 name output
     while read -r name; do
-        if output=$(timeout 120 "$dir/$name" 2>&1); then
+        if output=$(timeout 120 "$dir/$name" </dev/null 2>&1); then
             echo "$name: $(grep 'test result' <<<"$output" | tail -1)"
         else
             echo "$name: FAILED (exit $?)"
