@@ -3,7 +3,7 @@
 # network: everything is built here first, then one command there runs it all and writes into
 # one folder.
 #
-#   benches/lent-machine.sh prepare            # here: builds target/lent (about 37 MiB)
+#   benches/lent-machine.sh prepare            # here: builds target/lent (about 40 MiB)
 #   benches/lent-machine.sh run OUT [ROUNDS]   # there, from a checkout carrying target/lent
 #   benches/lent-machine.sh probe OUT [LABEL=LIB ...]   # there: where `mstress` loses (below)
 #
@@ -20,9 +20,10 @@
 # `probe` asks why mimalloc leads `mstress` on many cores and not on 2 (BENCHMARKS.md, issue 6's
 # twentieth round), in about 2 minutes, into one file, OUT/probe.md: the addresses the fast paths
 # load from and store to, read with gdb (or the CUDA image's cuda-gdb), for page offsets that
-# could alias; `mstress` side by side with mimalloc at 1, 2 and all CPUs' threads, with any
-# LABEL=LIB builds of libpercpu_malloc.so given (built and carried like the pack) at all CPUs';
-# and the same library without rseq (PERCPU_FORCE_FALLBACK=1).
+# could alias; the CPUs' topology; `mstress` side by side with mimalloc at 1, 2, half and all
+# CPUs' threads (does the gap come with threads sharing cores?), with the LABEL=LIB builds of
+# libpercpu_malloc.so given at all CPUs' (by default, the variants `prepare` built; see
+# `variant_recipes`); and the same library without rseq (PERCPU_FORCE_FALLBACK=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lent=target/lent
@@ -80,6 +81,63 @@ layout_commands=(
     "kill"
 )
 
+# The probe's variant builds: each is this checkout's HEAD with edits, given as FILE and a sed
+# script, one pair after another. Each moves one thing the fifteenth and twentieth rounds left
+# open (BENCHMARKS.md):
+# - memo: 2 KiB more `.tbss` after rseq-sys's thread block, which moves the memo 2 KiB down from
+#   the thread pointer (4 KiB aliasing with the rseq area or glibc's own thread data);
+# - counts: the count words 0xa00 up their page (aliasing with the loads of the next operation);
+# - floor8: per-CPU caches of at least 8 blocks (2 before) in the large classes, where
+#   `mstress 2 4` moves 59,000 batches through the transfer level and with it 800.
+variant_recipes=(
+    memo rseq-sys/src/thread_block.rs 's/concat!(".zero ", $size),/concat!(".zero ", $size, "+2048"),/'
+    counts percpu/src/freelist/caches.rs 's/^\(pub(crate) const REGION_HEADER: usize = WORD_PAIR\);/\1 + 0xa00;/'
+    counts percpu/src/slab/heap.rs '/^const _: () = assert!(crate::freelist::caches::count_at(CLASSES) <= ALIAS_GAP);$/d'
+    floor8 percpu/src/slab/heap.rs 's/(cache_bytes \/ size).clamp(2, MAX_CACHE_BLOCKS)/(cache_bytes \/ size).clamp(8, MAX_CACHE_BLOCKS)/'
+)
+
+# Builds each variant of `variant_recipes` into $lent/variants/LABEL.so (debug info stripped,
+# symbols kept for the probe's gdb), one after another in one worktree: its files are restored
+# and edited anew for each, which leaves them newer than the last build, so cargo rebuilds what
+# they touch. (Worktrees of their own sharing a target folder would not do: cargo names a
+# workspace's artifacts by paths relative to it, so the second would look built already.) An
+# edit that no longer changes its file stops everything: the code moved on, and the recipe
+# needs updating.
+build_variants() {
+    local src=target/variant-src labels=() label i built
+    for ((i = 0; i < ${#variant_recipes[@]}; i += 3)); do
+        label=${variant_recipes[i]}
+        [[ " ${labels[*]} " == *" $label "* ]] || labels+=("$label")
+    done
+    git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
+    git worktree add -q --detach "$src" HEAD
+    mkdir -p "$lent/variants"
+    for label in "${labels[@]}"; do
+        git -C "$src" checkout -q -f HEAD -- .
+        for ((i = 0; i < ${#variant_recipes[@]}; i += 3)); do
+            [ "${variant_recipes[i]}" = "$label" ] || continue
+            local file=$src/${variant_recipes[i + 1]} script=${variant_recipes[i + 2]}
+            cp "$file" "$file.orig"
+            sed -i "$script" "$file"
+            if cmp -s "$file" "$file.orig"; then
+                echo "variant $label: '$script' changes nothing in ${variant_recipes[i + 1]}" >&2
+                return 1
+            fi
+            rm "$file.orig"
+        done
+        (cd "$src" && CARGO_TARGET_DIR=../variant-target cargo build --release -q -p percpu-malloc)
+        strip --strip-debug -o "$lent/variants/$label.so" target/variant-target/release/libpercpu_malloc.so
+        for built in "$lent"/variants/*.so; do
+            if [ "$built" != "$lent/variants/$label.so" ] && cmp -s "$built" "$lent/variants/$label.so"; then
+                echo "variant $label: the same library as $built" >&2
+                return 1
+            fi
+        done
+    done
+    git worktree remove --force "$src"
+    ls "$lent/variants"
+}
+
 # Everything `probe` does, its output to the terminal and to OUT/probe.md.
 probe_all() {
     local pack=$lent/pack cpus
@@ -87,6 +145,10 @@ probe_all() {
     local base=percpu=$pack/libpercpu_malloc.so peer=mimalloc=$pack/libmimalloc.so.2
     echo "# mstress probe: $cpus CPUs, $(uname -r), $(ldd --version | head -1)"
     grep -m1 "model name" /proc/cpuinfo || true
+    # Whether CPUs share cores: in the report, every contender's time per operation rises from
+    # 8 threads to 16 (counters 3.0 -> 4.5 ns), as when two threads share a core's caches.
+    lscpu 2>/dev/null | grep -E '^(Thread|Core|Socket|L1d|L2|L3)' || true
+    echo "cpu0 shares a core with: $(cat /sys/devices/system/cpu/cpu0/topology/thread_siblings_list 2>/dev/null || echo '?')"
     local gdb
     gdb=$(command -v gdb || command -v cuda-gdb || ls /usr/local/cuda*/bin/cuda-gdb 2>/dev/null | head -1 || true)
     for spec in "$base" "$@"; do
@@ -101,7 +163,7 @@ probe_all() {
             grep -E '^(thread|memo|rseq|count|0x)' || echo "(gdb printed nothing)"
     done
     export MALLOC_BENCH_PACK=$pack
-    for threads in $(printf '%s\n' 1 2 "$cpus" | sort -nu); do
+    for threads in $(printf '%s\n' 1 2 $((cpus / 2)) "$cpus" | sort -nu); do
         local extra=()
         [ "$threads" = "$cpus" ] && extra=("$@")
         echo "## mstress $threads 4"
@@ -129,6 +191,7 @@ case ${1:-} in
                 --message-format=json-render-diagnostics | python3 ci/collect-tests.py "$lent/$set"
             while read -r name; do strip "$lent/$set/$name"; done <"$lent/$set/list"
         done
+        build_variants
         du -sh "$lent"
         ;;
     run)
@@ -142,6 +205,11 @@ case ${1:-} in
         out=${2:?usage: benches/lent-machine.sh probe OUT [LABEL=LIB ...]}
         shift 2
         [ -d "$lent/pack" ] || { echo "$lent/pack: missing; run 'prepare' and carry it" >&2; exit 1; }
+        if [ $# -eq 0 ]; then
+            for lib in "$lent"/variants/*.so; do
+                [ -f "$lib" ] && set -- "$@" "$(basename "$lib" .so)=$lib"
+            done
+        fi
         for spec in "$@"; do
             [[ $spec == ?*=?* && -f ${spec#*=} ]] || { echo "$spec: not LABEL=LIB with LIB a file" >&2; exit 2; }
         done
