@@ -235,6 +235,85 @@ mod tests {
             .collect()
     }
 
+    /// The free blocks on the list of the slab holding `block`.
+    fn free_list(pages: &PageHeap, block: usize) -> Vec<usize> {
+        let slab = pages.lookup(block).expect("a slab block");
+        let mut blocks = Vec::new();
+        let mut at = slab.free.load(Ordering::Relaxed);
+        while at != 0 {
+            blocks.push(at);
+            // SAFETY: the test holds the only reference to the class, so the list is as the
+            // last spill or fill left it: each free block's first word links the next.
+            at = unsafe { ptr::read(at as *const usize) };
+        }
+        blocks
+    }
+
+    /// Returns in every order and fills of every size against a model: no block is handed out
+    /// while held, every returned block is on its slab's free list until handed out again or
+    /// its slab empties (and goes back to the page heap), and once all are returned no slab is
+    /// left.
+    #[test]
+    fn returns_and_fills_lose_and_duplicate_nothing() {
+        use std::collections::HashSet;
+        let pages = page_heap(true);
+        let size = 32;
+        let central = Central::new(1, size, false);
+        let mut held: Vec<usize> = Vec::new();
+        let mut returned = HashSet::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..2000 {
+            if held.is_empty() || next() % 2 == 0 {
+                let mut out = vec![0usize; 1 + (next() % 64) as usize];
+                assert_eq!(central.fill(&pages, &mut out, 0), out.len());
+                for &b in &out {
+                    assert!(!held.contains(&b), "round {round}: {b:#x} handed out twice");
+                    returned.remove(&b);
+                    held.push(b);
+                }
+            } else {
+                // Some held blocks back: a sorted stretch (either way) or a shuffled one.
+                held.sort_unstable();
+                let n = 1 + (next() as usize % held.len().min(64));
+                let at = next() as usize % (held.len() - n + 1);
+                let mut back: Vec<usize> = held.drain(at..at + n).collect();
+                match next() % 3 {
+                    0 => {}
+                    1 => back.reverse(),
+                    _ => {
+                        for i in (1..back.len()).rev() {
+                            back.swap(i, next() as usize % (i + 1));
+                        }
+                    }
+                }
+                central.spill(&pages, &back);
+                returned.extend(back);
+                // Slabs with no block held any more went back, their free blocks with them.
+                let in_use: HashSet<usize> = held.iter().map(|&b| b >> SLAB_SHIFT).collect();
+                returned.retain(|&b| in_use.contains(&(b >> SLAB_SHIFT)));
+            }
+            assert_eq!(central.live(), held.len());
+            let slabs: HashSet<usize> = held.iter().map(|&b| b >> SLAB_SHIFT).collect();
+            let listed: HashSet<usize> = slabs
+                .into_iter()
+                .flat_map(|slab| free_list(&pages, slab << SLAB_SHIFT))
+                .collect();
+            assert_eq!(
+                listed, returned,
+                "round {round}: the free lists hold what came back"
+            );
+        }
+        central.spill(&pages, &held);
+        assert_eq!(central.live(), 0);
+        assert_eq!(central.slabs(), 0, "every slab back to the page heap");
+    }
+
     /// A homed class fills each index from a slab of its own; failing that, it adopts one with
     /// returned blocks (which come first) before it takes a new slab. Without homes, fills
     /// share slabs and ignore the index.
