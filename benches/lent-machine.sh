@@ -110,6 +110,7 @@ build_variants() {
         [[ " ${labels[*]} " == *" $label "* ]] || labels+=("$label")
     done
     git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
+    git worktree prune
     git worktree add -q --detach "$src" HEAD
     mkdir -p "$lent/variants"
     for label in "${labels[@]}"; do
