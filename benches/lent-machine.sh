@@ -6,6 +6,7 @@
 #   benches/lent-machine.sh prepare            # here: builds target/lent (about 40 MiB)
 #   benches/lent-machine.sh run OUT [ROUNDS]   # there, from a checkout carrying target/lent
 #   benches/lent-machine.sh probe OUT [LABEL=LIB ...]   # there: where `mstress` loses (below)
+#   benches/lent-machine.sh all OUT [ROUNDS]   # there: probe, then run, in one call (~8 min)
 #
 # `run` first runs the rseq-sys and percpu test binaries, as built here (release), twice: as
 # they are, and with `PerCpuAlloc` as their global allocator (`--features
@@ -24,6 +25,11 @@
 # CPUs' threads (does the gap come with threads sharing cores?), with the LABEL=LIB builds of
 # libpercpu_malloc.so given at all CPUs' (by default, the variants `prepare` built; see
 # `variant_recipes`); and the same library without rseq (PERCPU_FORCE_FALLBACK=1).
+#
+# `all` does both in one call, the probe first, everything printed to OUT/log (so still 8 files):
+# a lent machine goes back after half a minute idle, and a second start may be refused. Estimated
+# from the parts on 16 cores: about 6.5 minutes with ROUNDS 3 (the probe 2, the tests 0.5, the
+# report 0.7, each round of the shapes 1), within one call's 10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lent=target/lent
@@ -139,6 +145,14 @@ build_variants() {
     ls "$lent/variants"
 }
 
+# LABEL=LIB for each variant `prepare` built (labels and paths have no spaces).
+prepared_variants() {
+    local lib
+    for lib in "$lent"/variants/*.so; do
+        [ -f "$lib" ] && echo "$(basename "$lib" .so)=$lib"
+    done
+}
+
 # Everything `probe` does, its output to the terminal and to OUT/probe.md.
 probe_all() {
     local pack=$lent/pack cpus
@@ -206,19 +220,28 @@ case ${1:-} in
         out=${2:?usage: benches/lent-machine.sh probe OUT [LABEL=LIB ...]}
         shift 2
         [ -d "$lent/pack" ] || { echo "$lent/pack: missing; run 'prepare' and carry it" >&2; exit 1; }
-        if [ $# -eq 0 ]; then
-            for lib in "$lent"/variants/*.so; do
-                [ -f "$lib" ] && set -- "$@" "$(basename "$lib" .so)=$lib"
-            done
-        fi
+        [ $# -gt 0 ] || set -- $(prepared_variants)
         for spec in "$@"; do
             [[ $spec == ?*=?* && -f ${spec#*=} ]] || { echo "$spec: not LABEL=LIB with LIB a file" >&2; exit 2; }
         done
         mkdir -p "$out"
         probe_all "$@" 2>&1 | tee "$out/probe.md"
         ;;
+    all)
+        # The probe first (the open question, and the shorter), then everything `run` does,
+        # all printed to OUT/log: still 8 files.
+        out=${2:?usage: benches/lent-machine.sh all OUT [ROUNDS]}
+        rounds=${3:-3}
+        [ -x "$lent/percpu" ] || { echo "$lent: missing; run 'prepare' and carry it" >&2; exit 1; }
+        mkdir -p "$out"
+        {
+            probe_all $(prepared_variants)
+            echo "probe: $SECONDS s"
+            run_all "$(realpath "$out")" "$rounds"
+        } 2>&1 | tee "$out/log"
+        ;;
     *)
-        echo "usage: benches/lent-machine.sh prepare | run OUT [ROUNDS] | probe OUT [LABEL=LIB ...]" >&2
+        echo "usage: benches/lent-machine.sh prepare | run OUT [ROUNDS] | probe OUT [LABEL=LIB ...] | all OUT [ROUNDS]" >&2
         exit 2
         ;;
 esac
