@@ -3,10 +3,10 @@
 # network: everything is built here first, then one command there runs it all and writes into
 # one folder.
 #
-#   benches/lent-machine.sh prepare            # here: builds target/lent (about 40 MiB)
+#   benches/lent-machine.sh prepare            # here: builds target/lent (about 37 MiB)
 #   benches/lent-machine.sh run OUT [ROUNDS]   # there, from a checkout carrying target/lent
 #   benches/lent-machine.sh probe OUT [LABEL=LIB ...]   # there: where `mstress` loses (below)
-#   benches/lent-machine.sh all OUT [ROUNDS]   # there: probe, then run, in one call (~8 min)
+#   benches/lent-machine.sh all OUT [ROUNDS]   # there: probe, then run, into OUT/log (below)
 #
 # `run` first runs the rseq-sys and percpu test binaries, as built here (release), twice: as
 # they are, and with `PerCpuAlloc` as their global allocator (`--features
@@ -93,8 +93,8 @@ layout_commands=(
 # - memo: 2 KiB more `.tbss` after rseq-sys's thread block, which moves the memo 2 KiB down from
 #   the thread pointer (4 KiB aliasing with the rseq area or glibc's own thread data);
 # - counts: the count words 0xa00 up their page (aliasing with the loads of the next operation);
-# - floor8: per-CPU caches of at least 8 blocks (2 before) in the large classes, where
-#   `mstress 2 4` moves 59,000 batches through the transfer level and with it 800.
+# - floor8: per-CPU caches of at least 8 blocks (2 before), for the large classes, through
+#   which `mstress 2 4` moves 59,000 batches across the transfer level (800 with it).
 variant_recipes=(
     memo rseq-sys/src/thread_block.rs 's/concat!(".zero ", $size),/concat!(".zero ", $size, "+2048"),/'
     counts percpu/src/freelist/caches.rs 's/^\(pub(crate) const REGION_HEADER: usize = WORD_PAIR\);/\1 + 0xa00;/'

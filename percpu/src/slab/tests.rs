@@ -589,9 +589,6 @@ fn huge_requests_fail_cleanly() {
     unsafe { a.dealloc(p, layout(10, 8)) };
 }
 
-/// The fast attempt takes only a block already in this CPU's cache, counts it like any
-/// allocation, and leaves everything else (a fresh allocator, large sizes, threads without
-/// sequences) to the caller's usual path.
 /// Moves the calling thread to an allowed CPU other than the one it runs on, if there is one.
 fn move_to_another_cpu() {
     // SAFETY: plain calls on a zeroed cpu_set_t, for the calling thread only.
@@ -613,6 +610,9 @@ fn move_to_another_cpu() {
     }
 }
 
+/// The fast attempt takes only a block already in this CPU's cache, counts it like any
+/// allocation, and leaves everything else (a fresh allocator, large sizes, threads without
+/// sequences) to the caller's usual path.
 #[test]
 fn the_fast_attempt_takes_only_what_the_cache_holds() {
     let a = PerCpuAlloc::new();
