@@ -242,6 +242,7 @@ mod tests {
         let mut at = slab.free.load(Ordering::Relaxed);
         while at != 0 {
             blocks.push(at);
+            assert!(blocks.len() <= SLAB_SIZE / 16, "a cycle in the free list");
             // SAFETY: the test holds the only reference to the class, so the list is as the
             // last spill or fill left it: each free block's first word links the next.
             at = unsafe { ptr::read(at as *const usize) };
@@ -300,12 +301,14 @@ mod tests {
             }
             assert_eq!(central.live(), held.len());
             let slabs: HashSet<usize> = held.iter().map(|&b| b >> SLAB_SHIFT).collect();
-            let listed: HashSet<usize> = slabs
+            let listed: Vec<usize> = slabs
                 .into_iter()
                 .flat_map(|slab| free_list(&pages, slab << SLAB_SHIFT))
                 .collect();
+            assert_eq!(listed.len(), returned.len(), "round {round}: once each");
             assert_eq!(
-                listed, returned,
+                listed.into_iter().collect::<HashSet<_>>(),
+                returned,
                 "round {round}: the free lists hold what came back"
             );
         }
