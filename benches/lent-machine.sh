@@ -22,9 +22,11 @@
 # twentieth round), in about 2 minutes, into one file, OUT/probe.md: the addresses the fast paths
 # load from and store to, read with gdb (or the CUDA image's cuda-gdb), for page offsets that
 # could alias; the CPUs' topology; `mstress` side by side with mimalloc at 1, 2, half and all
-# CPUs' threads (does the gap come with threads sharing cores?), with the LABEL=LIB builds of
-# libpercpu_malloc.so given at all CPUs' (by default, the variants `prepare` built; see
-# `variant_recipes`); and the same library without rseq (PERCPU_FORCE_FALLBACK=1).
+# CPUs' threads (does the gap come with threads sharing cores?), and where the kernel sees cores
+# of two threads also at as many threads as cores, spread one to a core and packed two to a core
+# (`taskset`); with the LABEL=LIB builds of libpercpu_malloc.so given at all CPUs' (by default,
+# the variants `prepare` built; see `variant_recipes`); and the same library without rseq
+# (PERCPU_FORCE_FALLBACK=1).
 #
 # `all` does both in one call, the probe first, everything printed to OUT/log (so still 8 files):
 # a lent machine goes back after half a minute idle, and a second start may be refused. Estimated
@@ -145,6 +147,27 @@ build_variants() {
     ls "$lent/variants"
 }
 
+# For CPU topology under DIR (/sys/devices/system/cpu): "SPREAD PACKED", two comma-separated
+# CPU lists as long as there are cores, SPREAD one thread of each core, PACKED both threads of
+# half the cores; nothing when no core has two threads.
+core_placements() {
+    python3 - "$1" <<'PY'
+import glob, sys
+cores = set()
+for path in glob.glob(sys.argv[1] + "/cpu[0-9]*/topology/thread_siblings_list"):
+    cpus = []
+    for part in open(path).read().strip().split(","):
+        first, _, last = part.partition("-")
+        cpus += range(int(first), int(last or first) + 1)
+    cores.add(tuple(sorted(cpus)))
+cores = sorted(cores)
+if any(len(core) > 1 for core in cores):
+    spread = [core[0] for core in cores]
+    packed = [cpu for core in cores for cpu in core][: len(spread)]
+    print(",".join(map(str, spread)), ",".join(map(str, packed)))
+PY
+}
+
 # LABEL=LIB for each variant `prepare` built (labels and paths have no spaces).
 prepared_variants() {
     local lib
@@ -185,6 +208,22 @@ probe_all() {
         benches/malloc/ab.sh 11 "mstress $threads 4" "$base" "${extra[@]}" "$peer" 2>&1 |
             grep -E '^\|' || echo "(ab.sh gave no table)"
     done
+    # Where the CPUs show cores shared by two threads: as many threads as cores, once on one
+    # thread of each core and once packed two to a core.
+    local placements
+    placements=$(core_placements "${SYSFS_CPU:-/sys/devices/system/cpu}")
+    if [ -n "$placements" ]; then
+        local spread=${placements% *} packed=${placements#* }
+        local n
+        n=$(tr ',' '\n' <<<"$spread" | wc -l)
+        for placement in "spread $spread" "packed $packed"; do
+            echo "## mstress $n 4 on CPUs ${placement#* } (${placement%% *})"
+            taskset -c "${placement#* }" benches/malloc/ab.sh 11 "mstress $n 4" "$base" "$peer" 2>&1 |
+                grep -E '^\|' || echo "(ab.sh gave no table)"
+        done
+    else
+        echo "## no core runs two of these CPUs (as far as the kernel here is told)"
+    fi
     echo "## without rseq: PERCPU_FORCE_FALLBACK=1, alternating with rseq, mstress $cpus 4"
     for round in 1 2 3 4 5; do
         echo "rseq $(LD_PRELOAD=${base#*=} "$pack/shapes" mstress "$cpus" 4)"
