@@ -30,7 +30,7 @@
 #
 # `all` does both in one call, the probe first, everything printed to OUT/log (so still 8 files):
 # a lent machine goes back after half a minute idle, and a second start may be refused. Estimated
-# from the parts on 16 cores: about 6.5 minutes with ROUNDS 3 (the probe 2, the tests 0.5, the
+# from the parts on 16 cores: about 7 minutes with ROUNDS 3 (the probe 2.5, the tests 0.5, the
 # report 0.7, each round of the shapes 1), within one call's 10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
