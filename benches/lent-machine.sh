@@ -186,7 +186,6 @@ probe_all() {
     # Whether CPUs share cores: in the report, every contender's time per operation rises from
     # 8 threads to 16 (counters 3.0 -> 4.5 ns), as when two threads share a core's caches.
     lscpu 2>/dev/null | grep -E '^(Thread|Core|Socket|L1d|L2|L3)' || true
-    echo "cpu0 shares a core with: $(cat /sys/devices/system/cpu/cpu0/topology/thread_siblings_list 2>/dev/null || echo '?')"
     local gdb
     gdb=$(command -v gdb || command -v cuda-gdb || ls /usr/local/cuda*/bin/cuda-gdb 2>/dev/null | head -1 || true)
     for spec in "$base" "$@"; do
@@ -213,8 +212,7 @@ probe_all() {
     local placements
     placements=$(core_placements "${SYSFS_CPU:-/sys/devices/system/cpu}")
     if [ -n "$placements" ]; then
-        local spread=${placements% *} packed=${placements#* }
-        local n
+        local spread=${placements% *} packed=${placements#* } n placement
         n=$(tr ',' '\n' <<<"$spread" | wc -l)
         for placement in "spread $spread" "packed $packed"; do
             echo "## mstress $n 4 on CPUs ${placement#* } (${placement%% *})"
