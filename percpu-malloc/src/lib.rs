@@ -5,7 +5,9 @@
 //! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim`,
 //! `malloc_stats`, `mallinfo` and `mallinfo2`, with glibc's semantics: `errno = ENOMEM` on
 //! failure, `free(NULL)` does nothing, `realloc(p, 0)` frees `p` and returns NULL, `calloc` and
-//! `reallocarray` check their multiplication.
+//! `reallocarray` check their multiplication. Also `rseq_sys_shared_area_v1`, through which
+//! other copies of rseq-sys in the program share this library's rseq area where glibc registers
+//! none (see rseq-sys's `shared` module).
 //!
 //! # The first call
 //! The first call may come from libc or the dynamic loader before `main`. The allocator
@@ -27,6 +29,12 @@ use percpu::PerCpuAlloc;
 
 /// The allocator behind every exported function.
 static ALLOCATOR: PerCpuAlloc = PerCpuAlloc::new();
+
+// Where glibc registers no rseq (before 2.35, or `glibc.pthread.rseq=0`), the program's own copy
+// of rseq-sys (a Rust program using percpu) shares this library's area instead of losing rseq,
+// or taking it from the allocator, in every thread where the other registered first. Preloaded,
+// the library stays loaded as long as the process, as the export requires.
+rseq_sys::export_shared_area!();
 
 /// What `malloc` guarantees: alignment for any fundamental type.
 const MALLOC_ALIGN: usize = 16;

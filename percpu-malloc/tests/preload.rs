@@ -5,7 +5,8 @@
 //! cases). Each must exit 0 with identical output, on the rseq path and under
 //! `PERCPU_FORCE_FALLBACK=1`; the C program also where `rseq(2)` fails (a seccomp filter).
 //! Also: the library loaded with `dlopen` into a running multi-threaded program
-//! (`tests/dlopen.c`), and how much of its code a program keeps resident (`tests/footprint.c`).
+//! (`tests/dlopen.c`), how much of its code a program keeps resident (`tests/footprint.c`), and
+//! the rseq area it shares where glibc registers none (`tests/shared.c`).
 
 #[path = "../../rseq-sys/tests/common/mod.rs"]
 mod common;
@@ -332,6 +333,22 @@ fn dlopened_while_threads_run() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Where glibc registers no rseq, the library registers the area it offers to the program's own
+/// copies of rseq-sys (rseq-sys's `shared` module; its tests check that a copy joins it), in
+/// every thread.
+#[test]
+fn registers_the_area_it_shares_where_glibc_registers_none() {
+    let binary = compile("shared");
+    let out = Command::new(&binary.0)
+        .env("LD_PRELOAD", library())
+        .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", out.status);
+    assert_eq!(stdout, "main: registered\nthread: registered\n");
 }
 
 #[test]

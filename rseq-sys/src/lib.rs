@@ -8,6 +8,8 @@
 //! - [`registration`]: per-thread registration cooperating with glibc; [`current`] (and
 //!   [`current_if_registered`], which never registers), [`kernel_size`], [`status`],
 //!   [`unregister_current_thread`].
+//! - [`shared`]: one registration for every copy of this crate in a process where glibc makes
+//!   none; a library that stays loaded offers its area with [`export_shared_area!`].
 //! - [`cpu`]: [`current_cpu`], [`current_node`], [`current_mm_cid`], [`possible_cpus`], and for
 //!   threads without rseq [`cpu_hint`] (`sched_getcpu` once every 64 calls).
 //! - [`fence`]: [`fence_all_cpus`], to take per-CPU data away from in-flight sequences.
@@ -47,6 +49,7 @@ pub mod fence;
 pub mod memo;
 pub mod registration;
 pub mod seq;
+pub mod shared;
 mod thread_block;
 
 // One module per architecture behind one interface. `--cfg rseq_sys_no_sequences` selects the

@@ -7,7 +7,9 @@
 //! 1. glibc registered (`__rseq_size != 0`): use its area. Registering our own would fail with
 //!    `EINVAL`/`EBUSY`, and unregistering glibc's would break glibc.
 //! 2. Nobody did (`GLIBC_TUNABLES=glibc.pthread.rseq=0`, musl, glibc < 2.35): register a
-//!    thread-local area of our own, on the thread's first use.
+//!    thread-local area of our own, on the thread's first use; or, where a library in the
+//!    process offers its area to every copy of this crate, that one, so that all copies share
+//!    the thread's one registration (see [`crate::shared`]).
 //! 3. Anything fails: this thread has no rseq, with the reason kept. Nothing aborts; callers fall
 //!    back to atomics.
 //!
@@ -35,14 +37,15 @@
 //! (`thread_block.rs`), so [`current`] is a load and a compare in an executable, and no call to
 //! `__tls_get_addr` in a shared library.
 
-use core::cell::{Cell, UnsafeCell};
+use core::cell::Cell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicIsize, AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicIsize, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use crate::abi::{self, Rseq};
 use crate::arch;
+use crate::shared::{self, NotNow};
 use crate::thread_block::{self, ThreadBlock};
 
 /// Who registered the current thread's rseq area.
@@ -50,7 +53,8 @@ use crate::thread_block::{self, ThreadBlock};
 pub enum Owner {
     /// glibc registered it; we share its area.
     Glibc,
-    /// This crate registered a thread-local area of its own.
+    /// This crate registered a thread-local area of its own (this copy, or another copy in the
+    /// process that shares its area: see [`crate::shared`]).
     Own,
     /// The thread has no rseq; see [`Unavailable`] for why.
     None,
@@ -286,7 +290,6 @@ thread_local! {
     /// Why this thread has no registration (meaningful while its block's area is null); the
     /// registration itself is in [`crate::thread_block`], where the fast path reads it.
     static NOT_REGISTERED: Cell<NotRegistered> = const { Cell::new(NotRegistered::Unknown) };
-    static OWN_AREA: OwnArea = const { OwnArea(UnsafeCell::new([0; OWN_AREA_SIZE])) };
 }
 
 /// Bytes reserved for our own registration: the 7.0 layout is 33 bytes, the rest is headroom for
@@ -296,10 +299,6 @@ pub const OWN_AREA_SIZE: usize = 256;
 /// a thread-local, and glibc refuses to `dlopen` a library built with `initial-exec-tls` whose
 /// TLS is aligned beyond its static TLS alignment (64 on x86_64).
 pub const OWN_AREA_ALIGN: usize = 64;
-
-#[repr(C, align(64))]
-struct OwnArea(UnsafeCell<[u8; OWN_AREA_SIZE]>);
-const _: () = assert!(core::mem::align_of::<OwnArea>() == OWN_AREA_ALIGN);
 
 /// The current thread's registration, registering on first use.
 ///
@@ -361,8 +360,14 @@ fn current_slow(t: &ThreadBlock) -> Option<Current> {
             );
             Some(current)
         }
-        Err(why) => {
+        Err(NotNow::Unavailable(why)) => {
             set_unavailable(why);
+            None
+        }
+        // Interrupted another copy's registration of the shared area: answer "none" for now,
+        // as to any re-entrant call, and register when asked after it.
+        Err(NotNow::Busy) => {
+            NOT_REGISTERED.set(NotRegistered::Unknown);
             None
         }
     }
@@ -458,35 +463,24 @@ impl fmt::Display for UnregisterError {
 ///
 /// Afterwards the thread reports [`Unavailable::Unregistered`] and structures built on this crate
 /// take their atomic fallback on it; it is not registered again. glibc's area is never touched.
+/// Where other copies of this crate in the process share the area ([`crate::shared`]), the
+/// kernel's registration stays for them: this copy only stops using it (and clears `rseq_cs`,
+/// which may point at its code); the last copy to leave unregisters it.
 pub fn unregister_current_thread() -> Result<(), UnregisterError> {
     // Resolve the thread's state first: a thread that never used rseq may still be glibc's.
     let current = current().ok_or(UnregisterError::NotRegistered)?;
     if current.owner == Owner::Glibc {
         return Err(UnregisterError::OwnedByGlibc);
     }
-    let len = registration_len(process().feature_size);
-    // SAFETY: unregistering passes the same area, length and signature used to register, as
-    // the kernel requires; the area stays valid memory whatever the outcome.
-    let rc = unsafe {
-        libc::syscall(
-            abi::SYS_RSEQ,
-            current.area.as_ptr(),
-            len as u32,
-            abi::RSEQ_FLAG_UNREGISTER,
-            abi::RSEQ_SIG,
-        )
-    };
-    if rc != 0 {
-        return Err(UnregisterError::Errno(errno()));
-    }
+    shared::unregister(current.area, registration_len(process().feature_size))?;
     set_unavailable(Unavailable::Unregistered);
     Ok(())
 }
 
-fn register_thread() -> Result<Current, Unavailable> {
+fn register_thread() -> Result<Current, NotNow> {
     let process = process();
     if process.glibc_size != 0 {
-        glibc_area(process)
+        glibc_area(process).map_err(NotNow::Unavailable)
     } else {
         register_own_area(process)
     }
@@ -513,53 +507,17 @@ fn registration_len(feature_size: u32) -> usize {
     (feature_size as usize).max(abi::ORIG_RSEQ_LEN)
 }
 
-fn register_own_area(process: ProcessInfo) -> Result<Current, Unavailable> {
+fn register_own_area(process: ProcessInfo) -> Result<Current, NotNow> {
     let too_small = Unavailable::AreaTooSmall {
         feature_size: process.feature_size,
         align: process.feature_align,
     };
     let len = registration_len(process.feature_size);
     if len > OWN_AREA_SIZE || process.feature_align as usize > OWN_AREA_ALIGN {
-        return Err(too_small);
+        return Err(NotNow::Unavailable(too_small));
     }
-    let area: *mut Rseq = OWN_AREA.with(|a| a.0.get().cast());
-    // SAFETY: the area is this thread's, alive as long as the thread, aligned and large enough
-    // for `Rseq`, and not registered (this thread's state was Unknown), so it is ours to write.
-    // cpu_id starts at "uninitialised" so a silent no-op registration is detectable below.
-    unsafe {
-        ptr::write_bytes(area.cast::<u8>(), 0, OWN_AREA_SIZE);
-        (*area).cpu_id = abi::RSEQ_CPU_ID_UNINITIALIZED as u32;
-    }
-    // SAFETY: the area is valid for `len` bytes and suitably aligned for the thread's lifetime
-    // (thread-locals live until the thread exits, after which the kernel no longer writes it).
-    let rc = unsafe { libc::syscall(abi::SYS_RSEQ, area, len as u32, 0, abi::RSEQ_SIG) };
-    if rc != 0 {
-        return Err(Unavailable::Errno(errno()));
-    }
-    // SAFETY: a thread-local's address is never null.
-    let area = unsafe { NonNull::new_unchecked(area) };
-    let current = Current::new(area, process.feature_size, Owner::Own);
-    if (current.read_field(abi::CPU_ID_OFFSET) as i32) < 0 {
-        // "Success" without effect: leave no half-registration behind. The result is ignored
-        // because there is nothing better to do if this fails too.
-        // SAFETY: as for the registration above.
-        let _ = unsafe {
-            libc::syscall(
-                abi::SYS_RSEQ,
-                area,
-                len as u32,
-                abi::RSEQ_FLAG_UNREGISTER,
-                abi::RSEQ_SIG,
-            )
-        };
-        return Err(Unavailable::CpuIdNotSet);
-    }
-    Ok(current)
-}
-
-fn errno() -> i32 {
-    // SAFETY: `__errno_location` always returns this thread's valid errno slot.
-    unsafe { *libc::__errno_location() }
+    let area = shared::register(process.exporter, len)?;
+    Ok(Current::new(area, process.feature_size, Owner::Own))
 }
 
 /// Process-wide facts, computed once (racily but idempotently: every thread computes the same).
@@ -569,6 +527,9 @@ struct ProcessInfo {
     feature_align: u32,
     glibc_size: u32,
     glibc_offset: isize,
+    /// Where glibc registers none: the object that shares its area with every copy of this
+    /// crate ([`crate::shared`]), if any.
+    exporter: shared::Exporter,
 }
 
 static PROCESS_READY: AtomicU8 = AtomicU8::new(0);
@@ -576,6 +537,7 @@ static FEATURE_SIZE: AtomicU32 = AtomicU32::new(0);
 static FEATURE_ALIGN: AtomicU32 = AtomicU32::new(0);
 static GLIBC_SIZE: AtomicU32 = AtomicU32::new(0);
 static GLIBC_OFFSET: AtomicIsize = AtomicIsize::new(0);
+static EXPORTER: AtomicUsize = AtomicUsize::new(0);
 
 fn process() -> ProcessInfo {
     if PROCESS_READY.load(Ordering::Acquire) == 0 {
@@ -602,6 +564,10 @@ fn process() -> ProcessInfo {
         );
         GLIBC_SIZE.store(glibc_size, Ordering::Relaxed);
         GLIBC_OFFSET.store(glibc_offset, Ordering::Relaxed);
+        // Only where glibc registers none: a failed lookup costs glibc an error message.
+        if glibc_size == 0 {
+            EXPORTER.store(shared::find_exporter(), Ordering::Relaxed);
+        }
         PROCESS_READY.store(1, Ordering::Release);
     }
     ProcessInfo {
@@ -609,6 +575,7 @@ fn process() -> ProcessInfo {
         feature_align: FEATURE_ALIGN.load(Ordering::Relaxed),
         glibc_size: GLIBC_SIZE.load(Ordering::Relaxed),
         glibc_offset: GLIBC_OFFSET.load(Ordering::Relaxed),
+        exporter: EXPORTER.load(Ordering::Relaxed),
     }
 }
 

@@ -8,6 +8,10 @@
 //! be loaded on x86_64, which the test checks too: that is the trade the feature documents, and
 //! it shows that the probe does ask for what initial-exec cannot give.
 //!
+//! The same object, preloaded into a process where glibc registers no rseq, offers its area to
+//! the program's copy of rseq-sys (`rseq_sys::shared`): both copies must use the thread's one
+//! registration, whichever registers first, and it must outlast all but the last to leave.
+//!
 //! Needs a dynamically linked test binary and cargo (it builds the probe); the static binaries
 //! of `ci/qemu.sh` leave it out.
 #![cfg(all(
@@ -17,7 +21,9 @@
     not(target_feature = "crt-static")
 ))]
 
-use std::ffi::{CStr, CString};
+mod common;
+
+use std::ffi::{CStr, CString, c_void};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Barrier, mpsc};
@@ -196,4 +202,145 @@ fn the_initial_exec_build_of_the_same_object_cannot_be_loaded() {
         Ok(_) => panic!("an initial-exec object with 128-aligned TLS was loaded"),
         Err(e) => assert!(e.contains("static TLS"), "unexpected dlopen error: {e}"),
     }
+}
+
+/// A symbol of the preloaded probe.
+fn preloaded(name: &CStr) -> *mut c_void {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name.
+    let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    assert!(!symbol.is_null(), "the preloaded probe exports {name:?}");
+    symbol
+}
+
+/// `rseq(2)` registering `area` with `len` bytes for this thread: 0 or the errno.
+fn try_register(area: *mut u8, len: usize) -> i32 {
+    // SAFETY: the caller's area is valid and aligned for `len` bytes for the thread's life (or
+    // registered already, in which case the kernel only compares).
+    let rc = unsafe { libc::syscall(libc::SYS_rseq, area, len as u32, 0, rseq_sys::abi::RSEQ_SIG) };
+    if rc == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+}
+
+#[test]
+fn copies_share_a_preloaded_objects_area_where_glibc_registers_none() {
+    let probe_path = build_probe("descriptors", &[]);
+    let out = common::run_child(
+        "child_sharing_a_preloaded_area",
+        &[
+            ("GLIBC_TUNABLES", "glibc.pthread.rseq=0"),
+            ("LD_PRELOAD", probe_path.to_str().unwrap()),
+        ],
+        None,
+    );
+    common::assert_child_passed("child_sharing_a_preloaded_area", &out);
+}
+
+#[test]
+#[ignore = "run in a child by copies_share_a_preloaded_objects_area_where_glibc_registers_none"]
+fn child_sharing_a_preloaded_area() {
+    assert_eq!(
+        rseq_sys::glibc_rseq_size(),
+        0,
+        "GLIBC_TUNABLES did not take effect"
+    );
+    // SAFETY: the probe defines these with exactly these signatures.
+    let (report_fn, area_fn, unregister_fn) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, ProbeFn>(preloaded(c"rseq_sys_probe")),
+            std::mem::transmute::<*mut c_void, extern "C" fn() -> *mut u8>(preloaded(
+                rseq_sys::shared::SHARED_AREA_SYMBOL,
+            )),
+            std::mem::transmute::<*mut c_void, extern "C" fn() -> i32>(preloaded(
+                c"rseq_sys_probe_unregister",
+            )),
+        )
+    };
+    let len = (rseq_sys::feature_size() as usize).max(32);
+    let host_area = || rseq_sys::current().map(|c| c.area().as_ptr() as usize);
+    let registered_here = |area: *mut u8| try_register(area, len) == libc::EBUSY;
+
+    // This copy first (the probe runs no code at load), then the probe's.
+    let exported = area_fn();
+    assert_eq!(
+        host_area(),
+        Some(exported as usize),
+        "this copy took the preloaded area"
+    );
+    assert_eq!(rseq_sys::status().owner, rseq_sys::Owner::Own);
+    let report = probe(report_fn);
+    assert_eq!(
+        (report.area, report.fast_area),
+        (exported as usize, exported as usize)
+    );
+    assert_eq!(report.kernel_size, rseq_sys::kernel_size() as usize);
+    assert!(
+        registered_here(exported),
+        "the kernel has this area registered"
+    );
+
+    std::thread::scope(|s| {
+        // The other order, in a thread of its own, and sequences running on the shared area.
+        s.spawn(|| {
+            let report = probe(report_fn);
+            let exported = area_fn();
+            assert_eq!(
+                report.area, exported as usize,
+                "the probe took its own exported area"
+            );
+            assert_eq!(host_area(), Some(report.area), "this copy joined it");
+            assert!(registered_here(exported));
+            for index in [
+                rseq_sys::Index::CpuId,
+                rseq_sys::Index::best(rseq_sys::kernel_size()),
+            ] {
+                let mut slots = common::Slots::new(index);
+                for _ in 0..10_000 {
+                    slots.add(1);
+                }
+                assert_eq!(slots.sum(), 10_000);
+            }
+        });
+        // Leaving, one copy at a time: the registration outlasts the first to leave.
+        s.spawn(|| {
+            let exported = area_fn();
+            assert_eq!(host_area(), Some(exported as usize));
+            assert_eq!(probe(report_fn).area, exported as usize);
+            assert_eq!(rseq_sys::unregister_current_thread(), Ok(()));
+            assert_eq!(host_area(), None);
+            assert_eq!(
+                rseq_sys::status().reason,
+                Some(rseq_sys::Unavailable::Unregistered)
+            );
+            assert_eq!(
+                probe(report_fn).area,
+                exported as usize,
+                "the probe's copy keeps it"
+            );
+            assert!(registered_here(exported), "and so does the kernel");
+            assert_eq!(unregister_fn(), 0);
+            assert_eq!(probe(report_fn).area, 0);
+            // The last to leave unregistered it: the thread is free to register anew.
+            assert_eq!(
+                try_register(exported, len),
+                0,
+                "still registered after the last left"
+            );
+            assert_eq!(
+                // SAFETY: the area this thread just registered, with its length and signature.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_rseq,
+                        exported,
+                        len as u32,
+                        rseq_sys::abi::RSEQ_FLAG_UNREGISTER,
+                        rseq_sys::abi::RSEQ_SIG,
+                    )
+                },
+                0
+            );
+        });
+    });
 }

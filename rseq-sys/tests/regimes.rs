@@ -13,6 +13,7 @@ mod common;
 use common::{Slots, allowed_cpus, assert_child_passed, run_child, set_affinity};
 use rseq_sys::{Index, Owner, Unavailable, UnregisterError};
 use std::ptr;
+use std::sync::atomic::Ordering;
 
 fn auxv_feature_size() -> u32 {
     // SAFETY: getauxval has no preconditions.
@@ -298,6 +299,28 @@ fn child_glibc_rseq_disabled() {
         let mut slots = slots;
         assert_eq!(slots.sum(), THREADS as i64 * ADDS * 2, "{index:?}");
     }
+
+    // A copy that finds another registering the thread's shared area (a signal handler that
+    // interrupted it) answers "none" without remembering it, and registers when asked after.
+    std::thread::spawn(|| {
+        if rseq_sys::current_if_registered().is_some() {
+            return; // `PerCpuAlloc`'s copy registered this thread first: nothing to interrupt.
+        }
+        let area = rseq_sys::shared::this_copys_area().cast::<u8>();
+        // SAFETY: the protocol's layout (`rseq_sys::shared::SharedArea`): the count of users, a
+        // `u32` accessed atomically, follows the 256 bytes of the area.
+        let users = unsafe { &*area.add(256).cast::<std::sync::atomic::AtomicU32>() };
+        assert_eq!(users.load(Ordering::Relaxed), 0);
+        users.store(u32::MAX, Ordering::Relaxed);
+        assert!(rseq_sys::current().is_none());
+        assert_eq!(rseq_sys::status().reason, None, "not a reason to give up");
+        users.store(0, Ordering::Relaxed);
+        let current = rseq_sys::current().expect("registered once the other copy is done");
+        assert_eq!(current.area().as_ptr().cast::<u8>(), area);
+        assert_eq!(users.load(Ordering::Relaxed), 1);
+    })
+    .join()
+    .unwrap();
 
     // Our own area can be given up; the thread then reports why and is not registered again.
     std::thread::spawn(|| {

@@ -1,5 +1,7 @@
 //! What `tests/dlopen.rs` loads: rseq-sys in a shared object, next to thread-local data aligned
-//! beyond 64 bytes, which glibc's static TLS cannot place.
+//! beyond 64 bytes, which glibc's static TLS cannot place. It also offers its rseq area to the
+//! other copies of rseq-sys in the process, as a preloaded library would (`tests/shared.rs`
+//! preloads it).
 
 use std::cell::Cell;
 
@@ -30,4 +32,18 @@ pub unsafe extern "C" fn rseq_sys_probe(out: *mut usize) {
     let report = [area(registered), size(registered), area(fast), size(fast), scratch];
     // SAFETY: the caller's contract.
     unsafe { out.copy_from_nonoverlapping(report.as_ptr(), report.len()) };
+}
+
+rseq_sys::export_shared_area!();
+
+/// This object's copy gives up the calling thread's registration: 0, or the errno it was refused
+/// with (-1: not registered, -2: glibc's).
+#[unsafe(no_mangle)]
+pub extern "C" fn rseq_sys_probe_unregister() -> i32 {
+    match rseq_sys::unregister_current_thread() {
+        Ok(()) => 0,
+        Err(rseq_sys::UnregisterError::Errno(e)) => e,
+        Err(rseq_sys::UnregisterError::NotRegistered) => -1,
+        Err(rseq_sys::UnregisterError::OwnedByGlibc) => -2,
+    }
 }
