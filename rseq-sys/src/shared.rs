@@ -141,12 +141,19 @@ pub(crate) fn register(exporter: Exporter, len: usize) -> Result<NonNull<Rseq>, 
     match users.load(Ordering::Relaxed) {
         REGISTERING => Err(NotNow::Busy),
         0 => {
-            users.store(REGISTERING, Ordering::Relaxed);
+            // Claimed with one atomic step, so that a signal handler on this thread using
+            // another copy sees either nobody or the claim.
+            if users
+                .compare_exchange(0, REGISTERING, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                return Err(NotNow::Busy);
+            }
             let result = register_fresh(area, len);
             users.store(u32::from(result.is_ok()), Ordering::Relaxed);
             result.map(|()| area).map_err(NotNow::Unavailable)
         }
-        n => {
+        _ => {
             // Registered by another copy: the kernel confirms it is this area, length and
             // signature (`EBUSY`). Its fields are the kernel's now, so nothing is written. (0:
             // the registration was gone, unregistered outside this protocol, and is made again;
@@ -158,7 +165,7 @@ pub(crate) fn register(exporter: Exporter, len: usize) -> Result<NonNull<Rseq>, 
             if rc != 0 && errno() != libc::EBUSY {
                 return Err(NotNow::Unavailable(Unavailable::Errno(errno())));
             }
-            users.store(n + 1, Ordering::Relaxed);
+            users.fetch_add(1, Ordering::Relaxed);
             Ok(area)
         }
     }
@@ -198,7 +205,7 @@ pub(crate) fn unregister(area: NonNull<Rseq>, len: usize) -> Result<(), Unregist
     // SAFETY: `register` returned `area` as the start of a live `SharedArea` of this thread.
     let users = unsafe { &(*area.cast::<SharedArea>().as_ptr()).users };
     match users.load(Ordering::Relaxed) {
-        n if n >= 2 && n != REGISTERING => {
+        n if (2..REGISTERING).contains(&n) => {
             // Other copies still use it. What this copy leaves behind is its last sequence's
             // descriptor in `rseq_cs` (user space's field), which would point into unloaded code
             // if this copy's object goes away: cleared, outside any sequence.
@@ -207,7 +214,7 @@ pub(crate) fn unregister(area: NonNull<Rseq>, len: usize) -> Result<(), Unregist
             unsafe {
                 ptr::write_volatile(ptr::addr_of_mut!((*area.as_ptr()).rseq_cs), 0);
             }
-            users.store(n - 1, Ordering::Relaxed);
+            users.fetch_sub(1, Ordering::Relaxed);
             Ok(())
         }
         _ => {
