@@ -351,6 +351,67 @@ fn registers_the_area_it_shares_where_glibc_registers_none() {
     assert_eq!(stdout, "main: registered\nthread: registered\n");
 }
 
+/// The case that sharing is for: a Rust program using percpu (this test binary, re-run as a child)
+/// under the preload, where glibc registers no rseq. Its copy of rseq-sys must take the
+/// library's area, in the main thread (where the library registered first, before `main`) and in
+/// threads of its own, and its counters must run on rseq with exact sums.
+#[test]
+fn a_rust_program_using_percpu_shares_the_librarys_registration() {
+    let lib = library();
+    let out = common::run_child(
+        "child_using_percpu_under_the_preload",
+        &[
+            ("LD_PRELOAD", lib.to_str().unwrap()),
+            ("GLIBC_TUNABLES", "glibc.pthread.rseq=0"),
+        ],
+        None,
+    );
+    common::assert_child_passed("child_using_percpu_under_the_preload", &out);
+}
+
+#[test]
+#[ignore = "run in a child by a_rust_program_using_percpu_shares_the_librarys_registration"]
+fn child_using_percpu_under_the_preload() {
+    assert_eq!(
+        rseq_sys::glibc_rseq_size(),
+        0,
+        "GLIBC_TUNABLES did not take effect"
+    );
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name.
+    let symbol = unsafe {
+        libc::dlsym(
+            libc::RTLD_DEFAULT,
+            rseq_sys::shared::SHARED_AREA_SYMBOL.as_ptr(),
+        )
+    };
+    assert!(!symbol.is_null(), "the preloaded library exports its area");
+    // SAFETY: `export_shared_area!` defines the symbol with exactly this signature.
+    let library_area =
+        unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> usize>(symbol) };
+    static COUNTER: percpu::Counter = percpu::Counter::new();
+    const THREADS: usize = 8;
+    const ADDS: i64 = 100_000;
+    let check_thread = || {
+        let current = rseq_sys::current().expect("rseq for this thread");
+        assert_eq!(current.area().as_ptr() as usize, library_area());
+        assert!(
+            matches!(percpu::mode(), percpu::Mode::Rseq { .. }),
+            "{:?}",
+            percpu::mode()
+        );
+        for _ in 0..ADDS {
+            COUNTER.inc();
+        }
+    };
+    check_thread();
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(check_thread);
+        }
+    });
+    assert_eq!(COUNTER.sum(), (THREADS as i64 + 1) * ADDS);
+}
+
 #[test]
 fn statistics_at_exit_when_asked() {
     let lib = library();
