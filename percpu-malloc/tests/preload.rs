@@ -386,14 +386,15 @@ fn child_using_percpu_under_the_preload() {
     };
     assert!(!symbol.is_null(), "the preloaded library exports its area");
     // SAFETY: `export_shared_area!` defines the symbol with exactly this signature.
-    let library_area =
-        unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> usize>(symbol) };
+    let library_area = unsafe {
+        std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> *mut libc::c_void>(symbol)
+    };
     static COUNTER: percpu::Counter = percpu::Counter::new();
     const THREADS: usize = 8;
     const ADDS: i64 = 100_000;
     let check_thread = || {
         let current = rseq_sys::current().expect("rseq for this thread");
-        assert_eq!(current.area().as_ptr() as usize, library_area());
+        assert_eq!(current.area().as_ptr().cast(), library_area());
         assert!(
             matches!(percpu::mode(), percpu::Mode::Rseq { .. }),
             "{:?}",

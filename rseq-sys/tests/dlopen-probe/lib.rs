@@ -1,7 +1,7 @@
 //! What `tests/dlopen.rs` loads: rseq-sys in a shared object, next to thread-local data aligned
 //! beyond 64 bytes, which glibc's static TLS cannot place. It also offers its rseq area to the
-//! other copies of rseq-sys in the process, as a preloaded library would (`tests/shared.rs`
-//! preloads it).
+//! other copies of rseq-sys in the process, as a preloaded library would (`tests/dlopen.rs`
+//! also preloads it).
 
 use std::cell::Cell;
 
