@@ -10,7 +10,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::abi;
+use crate::{abi, errno};
 
 /// How [`fence_all_cpus`] fenced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,9 +105,4 @@ pub(crate) fn visit_cpus() -> Result<(), FenceError> {
     // SAFETY: restoring the mask read above.
     unsafe { libc::sched_setaffinity(0, size, &original) };
     result
-}
-
-fn errno() -> i32 {
-    // SAFETY: `__errno_location` always returns this thread's valid errno slot.
-    unsafe { *libc::__errno_location() }
 }

@@ -86,6 +86,12 @@ pub use seq::{
     Index, Outcome, STACK_DEPTH_MASK, STACK_LOCKED, STACK_MAX_CAPACITY, STACK_POPS_SHIFT, Sequences,
 };
 
+/// This thread's `errno`, after a call that failed.
+fn errno() -> i32 {
+    // SAFETY: `__errno_location` always returns this thread's valid errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
 #[cfg(all(test, not(rseq_sys_no_sequences)))]
 mod tests;
 // The integration tests' helpers (child processes, seccomp), for unit tests that need them;

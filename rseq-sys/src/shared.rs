@@ -27,6 +27,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::abi::{self, Rseq};
+use crate::errno;
 use crate::registration::{OWN_AREA_ALIGN, OWN_AREA_SIZE, Unavailable, UnregisterError};
 
 /// The symbol [`export_shared_area!`](crate::export_shared_area) defines: an
@@ -162,8 +163,9 @@ pub(crate) fn register(exporter: Exporter, len: usize) -> Result<NonNull<Rseq>, 
             let rc = unsafe {
                 libc::syscall(abi::SYS_RSEQ, area.as_ptr(), len as u32, 0, abi::RSEQ_SIG)
             };
-            if rc != 0 && errno() != libc::EBUSY {
-                return Err(NotNow::Unavailable(Unavailable::Errno(errno())));
+            match (rc, errno()) {
+                (0, _) | (_, libc::EBUSY) => {}
+                (_, e) => return Err(NotNow::Unavailable(Unavailable::Errno(e))),
             }
             users.fetch_add(1, Ordering::Relaxed);
             Ok(area)
@@ -244,9 +246,4 @@ unsafe fn unregister_syscall(area: *mut Rseq, len: usize) -> libc::c_long {
             abi::RSEQ_SIG,
         )
     }
-}
-
-fn errno() -> i32 {
-    // SAFETY: `__errno_location` always returns this thread's valid errno slot.
-    unsafe { *libc::__errno_location() }
 }
