@@ -206,29 +206,41 @@ fn register_fresh(area: NonNull<Rseq>, len: usize) -> Result<(), Unavailable> {
 pub(crate) fn unregister(area: NonNull<Rseq>, len: usize) -> Result<(), UnregisterError> {
     // SAFETY: `register` returned `area` as the start of a live `SharedArea` of this thread.
     let users = unsafe { &(*area.cast::<SharedArea>().as_ptr()).users };
-    match users.load(Ordering::Relaxed) {
-        n if (2..REGISTERING).contains(&n) => {
-            // Other copies still use it. What this copy leaves behind is its last sequence's
-            // descriptor in `rseq_cs` (user space's field), which would point into unloaded code
-            // if this copy's object goes away: cleared, outside any sequence.
-            // SAFETY: the area is this thread's and registered; `rseq_cs` is ours to write
-            // between sequences, and the kernel reads it only when this thread is interrupted.
-            unsafe {
-                ptr::write_volatile(ptr::addr_of_mut!((*area.as_ptr()).rseq_cs), 0);
-            }
-            users.fetch_sub(1, Ordering::Relaxed);
-            Ok(())
+    // One user fewer where others remain; claimed as while registering where this copy is the
+    // last, so that a signal handler's copy waits rather than joins what is about to go.
+    let mut seen = users.load(Ordering::Relaxed);
+    let leaving_last = loop {
+        if seen == REGISTERING {
+            // Another copy is in the middle of registering or leaving on this thread (this call
+            // interrupted it): not now.
+            return Err(UnregisterError::Errno(libc::EBUSY));
         }
-        _ => {
-            // SAFETY: the same area, length and signature as registered, as the kernel requires;
-            // the area stays valid memory whatever the outcome.
-            if unsafe { unregister_syscall(area.as_ptr(), len) } != 0 {
-                return Err(UnregisterError::Errno(errno()));
-            }
-            users.store(0, Ordering::Relaxed);
-            Ok(())
+        let last = seen < 2;
+        let next = if last { REGISTERING } else { seen - 1 };
+        match users.compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break last,
+            Err(now) => seen = now,
         }
+    };
+    if !leaving_last {
+        // What this copy leaves behind is its last sequence's descriptor in `rseq_cs` (user
+        // space's field), which would point into unloaded code if this copy's object goes
+        // away: cleared, outside any sequence.
+        // SAFETY: the area is this thread's and registered; `rseq_cs` is ours to write between
+        // sequences, and the kernel reads it only when this thread is interrupted.
+        unsafe { ptr::write_volatile(ptr::addr_of_mut!((*area.as_ptr()).rseq_cs), 0) };
+        return Ok(());
     }
+    // SAFETY: the same area, length and signature as registered, as the kernel requires; the
+    // area stays valid memory whatever the outcome.
+    let rc = unsafe { unregister_syscall(area.as_ptr(), len) };
+    if rc != 0 {
+        let e = errno();
+        users.store(seen, Ordering::Relaxed);
+        return Err(UnregisterError::Errno(e));
+    }
+    users.store(0, Ordering::Relaxed);
+    Ok(())
 }
 
 /// `rseq(area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG)`.

@@ -308,7 +308,21 @@ fn child_sharing_a_preloaded_area() {
             let exported = area_fn();
             assert_eq!(host_area(), Some(exported as usize));
             assert_eq!(probe(report_fn).area, exported as usize);
+            // SAFETY: the protocol's layout: the count of users, a `u32` accessed atomically,
+            // follows the area's 256 bytes.
+            let users = unsafe { &*exported.add(256).cast::<std::sync::atomic::AtomicU32>() };
+            assert_eq!(users.load(std::sync::atomic::Ordering::Relaxed), 2);
+            // Not while another copy is (un)registering on this thread, as a signal handler
+            // interrupting it would find: refused, and nothing changes.
+            users.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(
+                rseq_sys::unregister_current_thread(),
+                Err(rseq_sys::UnregisterError::Errno(libc::EBUSY))
+            );
+            users.store(2, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(host_area(), Some(exported as usize));
             assert_eq!(rseq_sys::unregister_current_thread(), Ok(()));
+            assert_eq!(users.load(std::sync::atomic::Ordering::Relaxed), 1);
             assert_eq!(host_area(), None);
             assert_eq!(
                 rseq_sys::status().reason,
