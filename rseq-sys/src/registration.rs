@@ -439,7 +439,9 @@ pub enum UnregisterError {
     OwnedByGlibc,
     /// The thread has no registration.
     NotRegistered,
-    /// `rseq(2)` refused with this errno.
+    /// `rseq(2)` refused with this errno; or `EBUSY`: another copy of this crate is registering
+    /// or leaving the thread's shared area right now (this call interrupted it, from a signal
+    /// handler; see [`crate::shared`]).
     Errno(i32),
 }
 
