@@ -19,6 +19,8 @@ pub mod freelist;
 pub mod mode;
 pub mod slab;
 mod storage;
+#[cfg(test)]
+mod test_cpus;
 
 pub use counter::{Counter, CounterGroup, CounterName, Snapshot};
 pub use freelist::{FreeList, FreeListError, FreeListStats, Pool, Pooled, RawFreeList};

@@ -1083,6 +1083,7 @@ impl RawFreeList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_cpus::pin;
 
     fn block(n: usize) -> NonNull<u8> {
         NonNull::new((n * 16) as *mut u8).unwrap()
@@ -1117,16 +1118,6 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, (1..=1000).collect::<Vec<_>>());
-    }
-
-    /// Pins the calling thread to `cpu`; false if it may not run there.
-    fn pin(cpu: usize) -> bool {
-        // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = core::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, core::mem::size_of_val(&set), &set) == 0
-        }
     }
 
     #[test]

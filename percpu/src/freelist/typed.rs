@@ -266,6 +266,7 @@ impl<T> Drop for Pooled<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_cpus::{allowed_cpus, pin};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -288,31 +289,6 @@ mod tests {
         assert_eq!(drops.load(Ordering::Relaxed), 100);
     }
 
-    fn allowed_cpus() -> Vec<usize> {
-        // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-        let size = core::mem::size_of_val(&set);
-        // SAFETY: a valid, writable set of `size` bytes.
-        let rc = unsafe { libc::sched_getaffinity(0, size, &mut set) };
-        assert_eq!(rc, 0);
-        (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: in-range CPU numbers.
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect()
-    }
-
-    fn pin(cpu: usize) {
-        // SAFETY: plain cpu_set_t manipulation with an in-range CPU number.
-        unsafe {
-            let mut set: libc::cpu_set_t = core::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(0, core::mem::size_of_val(&set), &set),
-                0
-            );
-        }
-    }
-
     /// Values in a cache that a thread without rseq keeps locked stay in the list: `drain` does
     /// not panic over them, and the next drain gets them.
     #[test]
@@ -320,7 +296,7 @@ mod tests {
         let list = FreeList::<u32>::with_capacity_per_cpu(8);
         std::thread::scope(|s| {
             s.spawn(|| {
-                pin(allowed_cpus()[0]);
+                assert!(pin(allowed_cpus()[0]));
                 let cpu = list.raw.fallback_id();
                 for v in 1..=3u32 {
                     let block = Box::into_raw(Box::new(v)) as usize;
@@ -349,14 +325,14 @@ mod tests {
             return;
         }
         std::thread::spawn(move || {
-            pin(cpus[0]);
+            assert!(pin(cpus[0]));
             let list = FreeList::with_capacity_per_cpu(8);
             for n in 0..100 {
                 list.push(n).unwrap();
             }
             let mut drain = list.drain();
             let mut got = vec![drain.next().unwrap()];
-            pin(cpus[1]);
+            assert!(pin(cpus[1]));
             got.extend(drain);
             got.sort_unstable();
             assert_eq!(got, (0..100).collect::<Vec<_>>());

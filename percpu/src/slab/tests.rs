@@ -589,27 +589,6 @@ fn huge_requests_fail_cleanly() {
     unsafe { a.dealloc(p, layout(10, 8)) };
 }
 
-/// Moves the calling thread to an allowed CPU other than the one it runs on, if there is one.
-fn move_to_another_cpu() {
-    // SAFETY: plain calls on a zeroed cpu_set_t, for the calling thread only.
-    unsafe {
-        let mut allowed: libc::cpu_set_t = core::mem::zeroed();
-        let size = core::mem::size_of_val(&allowed);
-        if libc::sched_getaffinity(0, size, &mut allowed) != 0 {
-            return;
-        }
-        let here = libc::sched_getcpu();
-        let Some(other) = (0..libc::CPU_SETSIZE as usize)
-            .find(|&cpu| libc::CPU_ISSET(cpu, &allowed) && cpu as i32 != here)
-        else {
-            return;
-        };
-        let mut there: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(other, &mut there);
-        libc::sched_setaffinity(0, size, &there);
-    }
-}
-
 /// The fast attempt takes only a block already in this CPU's cache, counts it like any
 /// allocation, and leaves everything else (a fresh allocator, large sizes, threads without
 /// sequences) to the caller's usual path.
@@ -643,7 +622,7 @@ fn the_fast_attempt_takes_only_what_the_cache_holds() {
     // So each try frees a block and takes it back at once, refreshing the thread's memo as the
     // usual path would (a stale one fails every attempt); only a migration or an interruption
     // in between fails a try.
-    move_to_another_cpu();
+    crate::test_cpus::move_to_another_cpu();
     let (block, before) = (0..1000)
         .find_map(|_| {
             // SAFETY: a valid layout; the block is freed at once.
