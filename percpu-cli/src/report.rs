@@ -8,6 +8,9 @@ use rseq_sys::Owner;
 #[derive(Debug, Clone)]
 pub struct Report {
     pub owner: Owner,
+    /// Where the area is one another object shares with every copy of rseq-sys (see
+    /// `rseq_sys::shared`): that object's path and how many copies use it on this thread.
+    pub shared_area: Option<(String, u32)>,
     pub reason: Option<String>,
     pub feature_size: u32,
     pub feature_align: u32,
@@ -31,6 +34,8 @@ impl Report {
             .unwrap_or(0);
         Report {
             owner: status.owner,
+            shared_area: rseq_sys::shared::current_use()
+                .map(|u| (u.object.to_string_lossy().into_owned(), u.users)),
             reason: status.reason.map(|r| r.to_string()),
             feature_size: rseq_sys::feature_size(),
             feature_align: rseq_sys::feature_align(),
@@ -57,10 +62,13 @@ impl Report {
         let opt = |v: Option<u32>| v.map_or_else(|| "not filled".to_string(), |v| v.to_string());
         let _ = writeln!(s, "rseq report");
         let _ = writeln!(s, "  extensible struct rseq supported: {supported}");
-        let owner = match self.owner {
-            Owner::Glibc => format!("glibc (__rseq_size={})", self.glibc_rseq_size),
-            Owner::Own => "own (percpu registered the area)".to_string(),
-            Owner::None => "none".to_string(),
+        let owner = match (self.owner, &self.shared_area) {
+            (Owner::Glibc, _) => format!("glibc (__rseq_size={})", self.glibc_rseq_size),
+            (Owner::Own, None) => "own (percpu registered the area)".to_string(),
+            (Owner::Own, Some((object, users))) => format!(
+                "own (the area {object} shares; {users} copies of rseq-sys use it on this thread)"
+            ),
+            (Owner::None, _) => "none".to_string(),
         };
         let _ = writeln!(s, "  registration owner:  {owner}");
         let _ = writeln!(
@@ -103,11 +111,16 @@ impl Report {
         let cpu = self
             .cpu
             .map_or_else(|| "null".to_string(), |c| c.to_string());
+        let shared_area = self.shared_area.as_ref().map_or_else(
+            || "null".to_string(),
+            |(object, users)| format!("{{\"object\":{},\"users\":{users}}}", json_string(object)),
+        );
         format!(
-            "{{\"owner\":\"{}\",\"reason\":{},\"feature_size\":{},\"feature_align\":{},\
+            "{{\"owner\":\"{}\",\"shared_area\":{},\"reason\":{},\"feature_size\":{},\"feature_align\":{},\
              \"kernel_size\":{},\"thread_kernel_size\":{},\"node_id\":{},\"mm_cid\":{},\
              \"cpu\":{},\"possible_cpus\":{},\"arch_sequences\":{}}}",
             self.owner.as_str(),
+            shared_area,
             reason,
             self.feature_size,
             self.feature_align,
@@ -143,10 +156,39 @@ pub fn json_string(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::json_string;
+    use super::{Report, json_string};
 
     #[test]
     fn json_strings_are_escaped() {
         assert_eq!(json_string("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    /// A registration shared through another object (which only a process with such an object
+    /// preloaded has; percpu-malloc's preload tests check that rseq-sys reports one) names it.
+    #[test]
+    fn a_shared_area_is_named_with_its_users() {
+        let mut report = Report::collect();
+        report.owner = rseq_sys::Owner::Own;
+        report.shared_area = Some(("/lib/lib\"x\".so".to_string(), 2));
+        let text = report.to_text();
+        assert!(
+            text.contains(
+                "registration owner:  own (the area /lib/lib\"x\".so shares; 2 copies of rseq-sys \
+                 use it on this thread)"
+            ),
+            "{text}"
+        );
+        let json = report.to_json();
+        assert!(
+            json.contains(r#""shared_area":{"object":"/lib/lib\"x\".so","users":2}"#),
+            "{json}"
+        );
+        report.shared_area = None;
+        assert!(report.to_json().contains(r#""shared_area":null"#));
+        assert!(
+            report
+                .to_text()
+                .contains("own (percpu registered the area)")
+        );
     }
 }

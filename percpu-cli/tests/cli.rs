@@ -31,8 +31,9 @@ fn info_json(env: &[(&str, &str)]) -> serde_json::Map<String, serde_json::Value>
     }
 }
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "owner",
+    "shared_area",
     "reason",
     "feature_size",
     "feature_align",
@@ -67,6 +68,7 @@ fn info_json_has_exactly_the_documented_keys() {
 fn info_json_reports_glibcs_registration_by_default() {
     let json = info_json(&[]);
     assert_eq!(json["owner"], "glibc");
+    assert!(json["shared_area"].is_null());
     assert!(json["reason"].is_null());
     assert_eq!(json["feature_size"].as_u64(), Some(auxv_feature_size()));
     let kernel_size = json["kernel_size"].as_u64().unwrap();
@@ -85,6 +87,10 @@ fn info_json_reports_glibcs_registration_by_default() {
 fn info_json_reports_our_own_registration_when_glibcs_is_disabled() {
     let json = info_json(&[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")]);
     assert_eq!(json["owner"], "own");
+    assert!(
+        json["shared_area"].is_null(),
+        "nothing exports an area here"
+    );
     assert_eq!(json["kernel_size"].as_u64(), Some(auxv_feature_size()));
     assert_eq!(
         json["thread_kernel_size"].as_u64(),

@@ -389,12 +389,19 @@ fn child_using_percpu_under_the_preload() {
     let library_area = unsafe {
         std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> *mut libc::c_void>(symbol)
     };
+    let preload = std::env::var("LD_PRELOAD").unwrap();
     static COUNTER: percpu::Counter = percpu::Counter::new();
     const THREADS: usize = 8;
     const ADDS: i64 = 100_000;
     let check_thread = || {
         let current = rseq_sys::current().expect("rseq for this thread");
         assert_eq!(current.area().as_ptr().cast(), library_area());
+        let shared = rseq_sys::shared::current_use().expect("the library's area");
+        assert_eq!(
+            (shared.object.to_str(), shared.users),
+            (Ok(preload.as_str()), 2),
+            "the library exports the area; it and this program use it"
+        );
         assert!(
             matches!(percpu::mode(), percpu::Mode::Rseq { .. }),
             "{:?}",

@@ -581,6 +581,12 @@ fn process() -> ProcessInfo {
     }
 }
 
+/// The object that shares its area with every copy of this crate, where glibc registers none
+/// ([`crate::shared`]); 0 where none does, or where glibc registers.
+pub(crate) fn exporter() -> shared::Exporter {
+    process().exporter
+}
+
 /// `__rseq_size` and `__rseq_offset` when this glibc exports them, else `(0, 0)`.
 ///
 /// Looked up with `dlsym` rather than linked, so binaries still start on glibc < 2.35 and musl.

@@ -22,7 +22,7 @@
 //! scope) is not shared with: that copy keeps the old behaviour, first come first served.
 
 use core::cell::UnsafeCell;
-use core::ffi::c_void;
+use core::ffi::{CStr, c_void};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -33,7 +33,7 @@ use crate::registration::{OWN_AREA_ALIGN, OWN_AREA_SIZE, Unavailable, Unregister
 /// The symbol [`export_shared_area!`](crate::export_shared_area) defines: an
 /// `extern "C" fn() -> *mut c_void` that returns the calling thread's [`SharedArea`] in the
 /// object that defines it.
-pub const SHARED_AREA_SYMBOL: &core::ffi::CStr = c"rseq_sys_shared_area_v1";
+pub const SHARED_AREA_SYMBOL: &CStr = c"rseq_sys_shared_area_v1";
 
 /// A thread's area as the copies of this crate share it, in the object that exports it (or in
 /// each copy, for its own use where no object does).
@@ -120,6 +120,61 @@ fn area_of(exporter: Exporter) -> NonNull<SharedArea> {
         }
     };
     NonNull::new(exported.cast()).unwrap_or_else(own_area)
+}
+
+/// The calling thread's registration where it is an area that some object exports (see the
+/// module's documentation), as [`current_use`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedUse {
+    /// The exporting object's path, as the dynamic loader names it.
+    pub object: &'static CStr,
+    /// How many copies of this crate use the area on this thread now (copies of one link share
+    /// a thread block and count once).
+    pub users: u32,
+}
+
+/// Whether the calling thread's registration (made on first use, as [`crate::current`] makes it)
+/// is an area that some object in the process exports, and which one: `None` where the thread
+/// uses glibc's area or has no rseq, and where this copy registered an area of its own because
+/// nobody exports one.
+pub fn current_use() -> Option<SharedUse> {
+    let current = crate::current()?;
+    let exporter = crate::registration::exporter();
+    if current.owner() != crate::Owner::Own || exporter == 0 {
+        return None;
+    }
+    let shared = area_of(exporter);
+    if shared.cast::<Rseq>() != current.area() {
+        return None;
+    }
+    // SAFETY: a live `SharedArea` of this thread whose count is only accessed atomically.
+    let users = unsafe { &(*shared.as_ptr()).users }.load(Ordering::Relaxed);
+    Some(SharedUse {
+        object: object_of(exporter)?,
+        users,
+    })
+}
+
+/// The path of the object that defines the function at `exporter`.
+#[cfg(not(all(target_env = "gnu", target_feature = "crt-static")))]
+fn object_of(exporter: Exporter) -> Option<&'static CStr> {
+    // SAFETY: `Dl_info` is plain data, valid zeroed.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads the address; `info` is valid for writes.
+    if unsafe { libc::dladdr(exporter as *const c_void, &mut info) } == 0
+        || info.dli_fname.is_null()
+    {
+        return None;
+    }
+    // SAFETY: the loader's NUL-terminated name of the object, which stays loaded for the life of
+    // the process (`export_shared_area!`'s contract), and with it its name.
+    Some(unsafe { CStr::from_ptr(info.dli_fname) })
+}
+
+/// Statically linked: nothing is exported (see [`find_exporter`]).
+#[cfg(all(target_env = "gnu", target_feature = "crt-static"))]
+fn object_of(_: Exporter) -> Option<&'static CStr> {
+    None
 }
 
 /// Why [`register`] did not register.

@@ -280,6 +280,13 @@ fn child_sharing_a_preloaded_area() {
         registered_here(exported),
         "the kernel has this area registered"
     );
+    let shared = rseq_sys::shared::current_use().expect("the area is the probe's");
+    let preload = std::env::var("LD_PRELOAD").unwrap();
+    assert_eq!(
+        (shared.object.to_str(), shared.users),
+        (Ok(preload.as_str()), 2),
+        "the probe exports it, to 2 users"
+    );
 
     std::thread::scope(|s| {
         // The other order, in a thread of its own, and sequences running on the shared area.
@@ -324,6 +331,7 @@ fn child_sharing_a_preloaded_area() {
             assert_eq!(rseq_sys::unregister_current_thread(), Ok(()));
             assert_eq!(users.load(std::sync::atomic::Ordering::Relaxed), 1);
             assert_eq!(host_area(), None);
+            assert_eq!(rseq_sys::shared::current_use(), None);
             assert_eq!(
                 rseq_sys::status().reason,
                 Some(rseq_sys::Unavailable::Unregistered)

@@ -41,6 +41,11 @@ fn default_process_shares_glibcs_registration() {
     let status = rseq_sys::status();
     assert_eq!(status.owner, Owner::Glibc);
     assert_eq!(status.reason, None);
+    assert_eq!(
+        rseq_sys::shared::current_use(),
+        None,
+        "glibc's area is nobody's export"
+    );
     let feature = auxv_feature_size();
     assert_eq!(rseq_sys::feature_size(), feature);
     let expected = match glibc_size {
@@ -272,6 +277,11 @@ fn child_glibc_rseq_disabled() {
     let status = rseq_sys::status();
     assert_eq!(status.owner, Owner::Own, "{status:?}");
     assert_eq!(status.kernel_size, auxv_feature_size());
+    assert_eq!(
+        rseq_sys::shared::current_use(),
+        None,
+        "nothing exports an area here: this copy's own"
+    );
     assert_best_index_follows_kernel_size();
     let align = rseq_sys::feature_align() as usize;
     let area = rseq_sys::current().unwrap().area().as_ptr() as usize;
