@@ -25,7 +25,7 @@ fn counter_is_exact_across_threads() {
 /// glibc owns rseq, but this "architecture" cannot locate its area (no thread pointer access).
 #[test]
 fn without_sequences_a_glibc_process_falls_back() {
-    assert!(!rseq_sys::HAS_SEQUENCES);
+    const { assert!(!rseq_sys::HAS_SEQUENCES) };
     assert_eq!(
         rseq_sys::status().reason,
         Some(rseq_sys::Unavailable::NoThreadPointer)
