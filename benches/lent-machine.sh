@@ -26,11 +26,15 @@
 # of two threads also at as many threads as cores, spread one to a core and packed two to a core
 # (`taskset`); with the LABEL=LIB builds of libpercpu_malloc.so given at all CPUs' (by default,
 # the variants `prepare` built; see `variant_recipes`); and the same library without rseq
-# (PERCPU_FORCE_FALLBACK=1).
+# (PERCPU_FORCE_FALLBACK=1). Where `prepare` found `perf` here, it packs it with its libraries
+# (all but glibc's own) into $lent/perf.tar.xz, and the probe ends with where `mstress`'s samples
+# fall (software clock, user space) under percpu and under mimalloc: by function, and in the
+# library instruction by instruction as SYMBOL+OFFSET, to read against `objdump -d` of the same
+# libraries here (the pack's).
 #
 # `all` does both in one call, the probe first, everything printed to OUT/log (so still 8 files):
 # a lent machine goes back after half a minute idle, and a second start may be refused. Estimated
-# from the parts on 16 cores: about 7 minutes with ROUNDS 3 (the probe 2.5, the tests 0.5, the
+# from the parts on 16 cores: about 7 minutes with ROUNDS 3 (the probe 2.5–3, the tests 0.5, the
 # report 0.7, each round of the shapes 1), within one call's 10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -168,6 +172,64 @@ if any(len(core) > 1 for core in cores):
 PY
 }
 
+# Packs `perf` (if this machine has it as an ELF binary) and every library it loads except glibc's
+# own into $lent/perf.tar.xz, to run where it is not installed (with the libraries of the lent
+# machine's newer glibc).
+pack_perf() {
+    local perf dir=target/perf-pack
+    perf=$(command -v perf || true)
+    if [ -z "$perf" ] || ! file -L "$perf" | grep -q ELF; then
+        echo "no perf ELF here: the probe will have no profile"
+        return
+    fi
+    rm -rf "$dir"
+    mkdir -p "$dir/lib"
+    cp -L "$perf" "$dir/perf"
+    ldd "$perf" | awk '$3 ~ /^\// { print $3 }' | while read -r lib; do
+        case $(basename "$lib") in
+            libc.so* | libm.so* | libpthread.so* | libdl.so* | librt.so* | ld-linux*) ;;
+            *) cp -L "$lib" "$dir/lib/" ;;
+        esac
+    done
+    tar -C "$dir" -cJf "$lent/perf.tar.xz" .
+    rm -rf "$dir"
+}
+
+# Where `mstress` at all CPUs' threads spends its samples, under each LABEL=LIB: the shares by
+# function, then the library's 40 instructions (SYMBOL+OFFSET) with the most samples. Needs
+# $lent/perf.tar.xz (see pack_perf).
+profile_mstress() {
+    local dir spec data
+    [ -f "$lent/perf.tar.xz" ] || { echo "## no profile: $lent/perf.tar.xz was not packed"; return; }
+    dir=$(mktemp -d)
+    tar -C "$dir" -xJf "$lent/perf.tar.xz"
+    local perf=(env LD_LIBRARY_PATH="$dir/lib" "$dir/perf")
+    for spec in "$@"; do
+        data=$dir/${spec%%=*}.data
+        echo "## profile of mstress $(nproc) 4 under ${spec%%=*} (cpu-clock:u, 20 kHz)"
+        if ! "${perf[@]}" record -q -e cpu-clock:u -F 20000 -o "$data" -- \
+            env LD_PRELOAD="$(realpath "${spec#*=}")" "$lent/pack/shapes" mstress "$(nproc)" 4 2>&1; then
+            echo "(perf record failed)"
+            continue
+        fi
+        # `sed -n` rather than `head`, which would leave the writer a SIGPIPE, and the probe
+        # (under pipefail) an error.
+        "${perf[@]}" report -i "$data" --stdio -q --sort dso,sym 2>/dev/null | sed -n 1,20p ||
+            echo "(perf report failed)"
+        # "IP SYMBOL+OFFSET (DSO)" per sample (the symbol needs the address), mangled (C++
+        # aliases such as mimalloc's `operator delete[]` for its `free` would otherwise have
+        # spaces).
+        "${perf[@]}" script -i "$data" --no-demangle -F ip,sym,symoff,dso 2>/dev/null >"$data.at" ||
+            echo "(perf script failed)"
+        local in_lib
+        in_lib=$(grep -cF "/$(basename "${spec#*=}"))" "$data.at" || true)
+        echo "samples $(wc -l <"$data.at"), in the library $in_lib; its 40 busiest instructions:"
+        grep -F "/$(basename "${spec#*=}"))" "$data.at" | awk '{ print $2 }' | sort | uniq -c |
+            sort -k1,1nr | sed -n 1,40p || true
+    done
+    rm -rf "$dir"
+}
+
 # LABEL=LIB for each variant `prepare` built (labels and paths have no spaces).
 prepared_variants() {
     local lib
@@ -227,6 +289,7 @@ probe_all() {
         echo "rseq $(LD_PRELOAD=${base#*=} "$pack/shapes" mstress "$cpus" 4)"
         echo "fallback $(PERCPU_FORCE_FALLBACK=1 LD_PRELOAD=${base#*=} "$pack/shapes" mstress "$cpus" 4)"
     done
+    profile_mstress "$base" "$peer"
 }
 
 case ${1:-} in
@@ -244,6 +307,7 @@ case ${1:-} in
             while read -r name; do strip "$lent/$set/$name"; done <"$lent/$set/list"
         done
         build_variants
+        pack_perf
         du -sh "$lent"
         ;;
     run)
