@@ -5,7 +5,11 @@
 //! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim`,
 //! `malloc_stats`, `mallinfo` and `mallinfo2`, with glibc's semantics: `errno = ENOMEM` on
 //! failure, `free(NULL)` does nothing, `realloc(p, 0)` frees `p` and returns NULL, `calloc` and
-//! `reallocarray` check their multiplication. Also `rseq_sys_shared_area_v1`, through which
+//! `reallocarray` check their multiplication. Every other name through which a program can reach
+//! glibc's allocator is ours too, so no block crosses between the two heaps: C23's `free_sized`
+//! and `free_aligned_sized`, the obsolete `cfree`, and glibc's `__libc_malloc`, `__libc_free`,
+//! `__libc_calloc`, `__libc_realloc`, `__libc_memalign`, `__libc_valloc` and `__libc_pvalloc`.
+//! Also `rseq_sys_shared_area_v1`, through which
 //! other copies of rseq-sys in the program share this library's rseq area where glibc registers
 //! none (see rseq-sys's `shared` module).
 //!
@@ -100,6 +104,33 @@ extern "C" fn allocate_by_size(size: usize) -> *mut c_void {
 /// C's `free`: `block` is NULL or a live block from this library.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free(block: *mut c_void) {
+    // SAFETY: the caller's contract.
+    unsafe { ALLOCATOR.free(block.cast()) };
+}
+
+/// # Safety
+/// C23's `free_sized` (glibc 2.43): `block` is NULL or a live block from `malloc`, `calloc` or
+/// `realloc`. The size only restates what the block's address tells `free`; without this, a
+/// program built against glibc 2.43 would hand our blocks to glibc's.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free_sized(block: *mut c_void, _size: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { ALLOCATOR.free(block.cast()) };
+}
+
+/// # Safety
+/// C23's `free_aligned_sized` (glibc 2.43): `block` is NULL or a live block from
+/// `aligned_alloc`; as [`free_sized`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free_aligned_sized(block: *mut c_void, _align: usize, _size: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { ALLOCATOR.free(block.cast()) };
+}
+
+/// # Safety
+/// The obsolete `cfree`, which glibc keeps as a compatibility symbol for old binaries: `free`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cfree(block: *mut c_void) {
     // SAFETY: the caller's contract.
     unsafe { ALLOCATOR.free(block.cast()) };
 }
@@ -236,6 +267,69 @@ pub unsafe extern "C" fn malloc_usable_size(block: *mut c_void) -> usize {
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
     c_int::from(ALLOCATOR.trim() > 0)
+}
+
+/// glibc's own names for its allocator, which it exports too: malloc wrappers and debugging
+/// tools call them for "the real malloc". Under the preload that is this library, or their
+/// blocks would come from glibc's heap and reach our `free`, or ours reach glibc's.
+mod glibc_names {
+    use super::*;
+
+    /// # Safety
+    /// [`malloc`].
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
+        // SAFETY: the caller's contract.
+        unsafe { malloc(size) }
+    }
+
+    /// # Safety
+    /// [`free`].
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __libc_free(block: *mut c_void) {
+        // SAFETY: the caller's contract.
+        unsafe { free(block) }
+    }
+
+    /// # Safety
+    /// [`calloc`].
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __libc_calloc(count: usize, size: usize) -> *mut c_void {
+        // SAFETY: the caller's contract.
+        unsafe { calloc(count, size) }
+    }
+
+    /// # Safety
+    /// [`realloc`].
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __libc_realloc(block: *mut c_void, size: usize) -> *mut c_void {
+        // SAFETY: the caller's contract.
+        unsafe { realloc(block, size) }
+    }
+
+    /// # Safety
+    /// [`memalign`].
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
+        // SAFETY: the caller's contract.
+        unsafe { memalign(align, size) }
+    }
+
+    /// # Safety
+    /// [`valloc`].
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __libc_valloc(size: usize) -> *mut c_void {
+        // SAFETY: the caller's contract.
+        unsafe { valloc(size) }
+    }
+
+    /// # Safety
+    /// [`pvalloc`].
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
+        // SAFETY: the caller's contract.
+        unsafe { pvalloc(size) }
+    }
 }
 
 /// glibc's `mallinfo2`: the allocator's statistics in glibc's fields, for programs that report

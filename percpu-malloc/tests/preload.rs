@@ -4,9 +4,10 @@
 //! malloc family, every alignment, cross-thread frees, 2,000 short-lived threads, C edge
 //! cases). Each must exit 0 with identical output, on the rseq path and under
 //! `PERCPU_FORCE_FALLBACK=1`; the C program also where `rseq(2)` fails (a seccomp filter).
-//! Also: the library loaded with `dlopen` into a running multi-threaded program
-//! (`tests/dlopen.c`), how much of its code a program keeps resident (`tests/footprint.c`), and
-//! the rseq area it shares where glibc registers none (`tests/shared.c`).
+//! Also: the allocation functions' other names (`tests/other_names.c`), the library loaded with
+//! `dlopen` into a running multi-threaded program (`tests/dlopen.c`), how much of its code a
+//! program keeps resident (`tests/footprint.c`), and the rseq area it shares where glibc
+//! registers none (`tests/shared.c`).
 
 #[path = "../../rseq-sys/tests/common/mod.rs"]
 mod common;
@@ -171,6 +172,19 @@ impl Drop for TempBinary {
 fn the_c_stress_program() {
     let binary = compile("stress");
     same_output(binary.0.to_str().unwrap(), &[], b"");
+}
+
+/// C23's `free_sized` and `free_aligned_sized`, the obsolete `cfree` (bound as an old binary
+/// binds it) and glibc's `__libc_*` names all reach the library, on both paths: a block one of
+/// them allocates is counted in the library's statistics, and one of them frees leaves them as
+/// they were (`tests/other_names.c`). Left to glibc, these take its heap or abort on ours.
+#[test]
+fn every_other_name_of_the_allocation_functions_is_the_librarys() {
+    let binary = compile("other_names");
+    for env in [&[][..], &[("PERCPU_FORCE_FALLBACK", "1")][..]] {
+        let out = run(binary.0.to_str().unwrap(), &[], b"", true, env);
+        assert_eq!(out, b"ok\n", "{env:?}");
+    }
 }
 
 /// Where `rseq(2)` fails (seccomp, old kernels), glibc's registration and ours both fail and every
