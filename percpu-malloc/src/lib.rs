@@ -9,9 +9,8 @@
 //! glibc's allocator is ours too, so no block crosses between the two heaps: C23's `free_sized`
 //! and `free_aligned_sized`, the obsolete `cfree`, and glibc's `__libc_malloc`, `__libc_free`,
 //! `__libc_calloc`, `__libc_realloc`, `__libc_memalign`, `__libc_valloc` and `__libc_pvalloc`.
-//! Also `rseq_sys_shared_area_v1`, through which
-//! other copies of rseq-sys in the program share this library's rseq area where glibc registers
-//! none (see rseq-sys's `shared` module).
+//! Also `rseq_sys_shared_area_v1`, through which other copies of rseq-sys in the program share
+//! this library's rseq area where glibc registers none (see rseq-sys's `shared` module).
 //!
 //! # The first call
 //! The first call may come from libc or the dynamic loader before `main`. The allocator
