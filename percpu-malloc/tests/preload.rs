@@ -244,9 +244,11 @@ fn the_c_stress_program_where_address_space_is_limited() {
 /// runs at all (the kernel maps a file's pages around each fault, in windows aligned to 64 KiB
 /// of virtual address). `layout.ld` gathers the code a program runs through in a `.text.percpu`
 /// section at the front, so a program that takes every path keeps at most the front resident,
-/// plus what the last window reaches past it (without the script: about 80% of the code). Where
-/// LLD links the library (Rust's default on x86_64 Linux), the unwinder is linked in and
-/// `libgcc_s.so.1` is never loaded.
+/// plus what the last window reaches past it (without the script: about 80% of the code). The
+/// library's segments are aligned to 64 KiB (`build.rs`), and glibc 2.35 and later load it at
+/// such an address, so there the windows are the same in every process: exactly those the front
+/// spans, from the start of its segment. Where LLD links the library (Rust's default on x86_64
+/// Linux), the unwinder is linked in and `libgcc_s.so.1` is never loaded.
 ///
 /// The bound holds for an optimized library (`.ci/run` runs these tests with `--release`). An
 /// unoptimized one calls small functions of `core` out of line, and they lie in `.text`.
@@ -255,7 +257,22 @@ fn a_program_keeps_only_the_front_of_the_library_s_code_resident() {
     let binary = compile("footprint");
     let library = library().canonicalize().unwrap();
     let image = std::fs::read(&library).unwrap();
-    let front = code_front(&image);
+    let code = code_front(&image);
+    let window = 64 << 10;
+    assert!(
+        code.align >= window,
+        "segments aligned to {:#x}: build.rs's max-page-size unused",
+        code.align
+    );
+    let aligned = glibc_at_least(2, 35);
+    let bound = if aligned {
+        // From the segment's first page to the end of the window holding the front's last byte.
+        let first_page = code.segment % window;
+        (first_page + code.front).next_multiple_of(window) - first_page
+    } else {
+        // The front's pages, and the rest of the last 64 KiB window they reach into.
+        code.front.next_multiple_of(4096) + window - 4096
+    } >> 10;
     let linked_by_lld = image.windows(12).any(|w| w == b"Linker: LLD ");
     for env in [&[][..], &[("PERCPU_FORCE_FALLBACK", "1")][..]] {
         let out = Command::new(&binary.0)
@@ -272,12 +289,11 @@ fn a_program_keeps_only_the_front_of_the_library_s_code_resident() {
             .and_then(|line| line.strip_prefix("code KiB "))
             .and_then(|rest| rest.split(" of ").next()?.parse().ok())
             .unwrap_or_else(|| panic!("{env:?}: unexpected report {report:?}"));
-        // The front's pages, and the rest of the last 64 KiB window they reach into.
-        let bound = (front.next_multiple_of(4096) + (64 << 10) - 4096) >> 10;
         assert!(
             cfg!(debug_assertions) || resident <= bound,
-            "{env:?}: {resident} KiB of the library's code resident, its front is {} KiB",
-            front >> 10
+            "{env:?}: {resident} KiB of the library's code resident, more than {bound} KiB: its \
+             front is {} KiB (load address aligned: {aligned})",
+            code.front >> 10
         );
         if linked_by_lld {
             assert!(
@@ -288,10 +304,20 @@ fn a_program_keeps_only_the_front_of_the_library_s_code_resident() {
     }
 }
 
-/// Bytes from the start of the library's executable segment (page-aligned) to its `.text`
-/// section, which `layout.ld` places after `.text.percpu` and the PLT; panics if the library has
-/// no `.text.percpu`. A 64-bit little-endian ELF file.
-fn code_front(elf: &[u8]) -> u64 {
+/// Where the code a program runs through lies in the library: see [`code_front`].
+struct CodeFront {
+    /// Bytes from the executable segment's first page to the `.text` section.
+    front: u64,
+    /// The executable segment's first page (its address in the file's layout).
+    segment: u64,
+    /// The segment's alignment (`p_align`).
+    align: u64,
+}
+
+/// The front of the library's executable segment: from its first page to its `.text` section,
+/// which `layout.ld` places after `.text.percpu` and the PLT; panics if the library has no
+/// `.text.percpu`. A 64-bit little-endian ELF file.
+fn code_front(elf: &[u8]) -> CodeFront {
     let u16_at = |at: usize| u64::from(u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()));
     let u32_at = |at: usize| u64::from(u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()));
     let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
@@ -304,10 +330,10 @@ fn code_front(elf: &[u8]) -> u64 {
     let (shoff, shentsize, shnum, shstrndx) =
         (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
     // The executable PT_LOAD segment (p_type 1, p_flags has PF_X).
-    let segment = (0..phnum)
+    let (segment, align) = (0..phnum)
         .map(|i| (phoff + i * phentsize) as usize)
         .find(|&at| u32_at(at) == 1 && u32_at(at + 4) & 1 != 0)
-        .map(|at| u64_at(at + 0x10) & !4095)
+        .map(|at| (u64_at(at + 0x10) & !4095, u64_at(at + 0x30)))
         .expect("no executable segment");
     let section = |i: u64| (shoff + i * shentsize) as usize;
     let names = u64_at(section(shstrndx) + 0x18) as usize;
@@ -324,7 +350,23 @@ fn code_front(elf: &[u8]) -> u64 {
         percpu < text,
         ".text.percpu at {percpu:#x} is not ahead of .text at {text:#x}"
     );
-    text - segment
+    CodeFront {
+        front: text - segment,
+        segment,
+        align,
+    }
+}
+
+/// Whether this process runs on glibc `major.minor` or later.
+fn glibc_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: gnu_get_libc_version returns a static NUL-terminated string.
+    let version = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+    let mut parts = version
+        .to_str()
+        .unwrap()
+        .split('.')
+        .map(|n| n.parse::<u32>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap_or(0)) >= (major, minor)
 }
 
 /// The library keeps each thread's registration in initial-exec TLS. `dlopen` must still load
