@@ -272,7 +272,7 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
 /// tools call them for "the real malloc". Under the preload that is this library, or their
 /// blocks would come from glibc's heap and reach our `free`, or ours reach glibc's.
 mod glibc_names {
-    use super::*;
+    use super::{c_void, calloc, free, malloc, memalign, pvalloc, realloc, valloc};
 
     /// # Safety
     /// [`malloc`].
