@@ -3,7 +3,7 @@
 //!
 //! Exports `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
 //! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim`,
-//! `malloc_stats`, `mallinfo` and `mallinfo2`, with glibc's semantics: `errno = ENOMEM` on
+//! `malloc_stats`, `malloc_info`, `mallinfo` and `mallinfo2`, with glibc's semantics: `errno = ENOMEM` on
 //! failure, `free(NULL)` does nothing, `realloc(p, 0)` frees `p` and returns NULL, `calloc` and
 //! `reallocarray` check their multiplication. Every other name through which a program can reach
 //! glibc's allocator is ours too, so no block crosses between the two heaps: C23's `free_sized`
@@ -20,7 +20,8 @@
 //! takes the atomic fallback path and nothing recurses or deadlocks.
 //!
 //! `PERCPU_MALLOC_STATS=1` prints the allocator's statistics to stderr at exit; `malloc_stats()`
-//! prints them whenever a program calls it, and `mallinfo2()` returns them in glibc's fields.
+//! prints them whenever a program calls it, `mallinfo2()` returns them in glibc's fields, and
+//! `malloc_info()` writes them as glibc's XML.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -339,7 +340,11 @@ mod glibc_names {
 /// - free-chunk counts, fastbins and the releasable top have no counterpart here: 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn mallinfo2() -> libc::mallinfo2 {
-    let stats = ALLOCATOR.stats();
+    glibc_fields(&ALLOCATOR.stats())
+}
+
+/// [`mallinfo2`]'s fields from one reading of the statistics.
+fn glibc_fields(stats: &percpu::AllocStats) -> libc::mallinfo2 {
     let arena = stats
         .slab_mapped_bytes
         .saturating_sub(stats.slab_released_bytes);
@@ -375,6 +380,93 @@ pub extern "C" fn mallinfo() -> libc::mallinfo {
         uordblks: int(info.uordblks),
         fordblks: int(info.fordblks),
         keepcost: int(info.keepcost),
+    }
+}
+
+/// glibc's `malloc_info`: the allocator's statistics as glibc's XML, on `stream` (`options` must be
+/// 0, as glibc requires: `EINVAL` otherwise). One heap, as glibc words it:
+/// - `sizes`: per size class, the freed blocks its caches hold (per-CPU and transfer level) as
+///   `count` blocks of up to `to` bytes, `total` bytes in all;
+/// - `total type="rest"`: every free byte of the slabs (`mallinfo2`'s `fordblks`: also the slabs'
+///   free lists and space not carved yet, as glibc's counts its top chunk), `count` the blocks
+///   above; `type="mmap"`: the large blocks in use (`hblks`, `hblkhd`);
+/// - `system`: slab memory held (`arena`; `max` is the same figure, no high-water is kept),
+///   `aspace`: slab address space mapped.
+///
+/// # Safety
+/// `stream` is an open stdio stream, as glibc's requires.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
+    if options != 0 {
+        // glibc returns the error itself, and leaves errno alone.
+        return libc::EINVAL;
+    }
+    // glibc's reports no error of the stream either: stdio keeps it for `ferror`.
+    let _ = core::fmt::write(
+        &mut Stream(stream),
+        format_args!("{}", MallocInfo(ALLOCATOR.stats())),
+    );
+    0
+}
+
+/// A stdio stream as a `fmt::Write`.
+struct Stream(*mut libc::FILE);
+
+impl core::fmt::Write for Stream {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        // SAFETY: `malloc_info`'s caller gave an open stream; the bytes are initialised.
+        let written = unsafe { libc::fwrite(s.as_ptr().cast(), 1, s.len(), self.0) };
+        if written == s.len() {
+            Ok(())
+        } else {
+            Err(core::fmt::Error)
+        }
+    }
+}
+
+/// [`malloc_info`]'s document.
+struct MallocInfo(percpu::AllocStats);
+
+impl core::fmt::Display for MallocInfo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let stats = &self.0;
+        let info = glibc_fields(stats);
+        f.write_str("<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n")?;
+        let (mut from, mut blocks) = (1, 0);
+        for class in &stats.classes {
+            let free = class.cpu_cached_bytes + class.transfer_bytes;
+            let count = free / class.size;
+            if count > 0 {
+                writeln!(
+                    f,
+                    "  <size from=\"{from}\" to=\"{}\" total=\"{free}\" count=\"{count}\"/>",
+                    class.size
+                )?;
+            }
+            blocks += count;
+            from = class.size + 1;
+        }
+        f.write_str("</sizes>\n")?;
+        let rest = format_args!(
+            "<total type=\"fast\" count=\"0\" size=\"0\"/>\n\
+             <total type=\"rest\" count=\"{blocks}\" size=\"{}\"/>\n",
+            info.fordblks
+        );
+        let system = format_args!(
+            "<system type=\"current\" size=\"{arena}\"/>\n\
+             <system type=\"max\" size=\"{arena}\"/>\n\
+             <aspace type=\"total\" size=\"{mapped}\"/>\n\
+             <aspace type=\"mprotect\" size=\"{mapped}\"/>\n",
+            arena = info.arena,
+            mapped = stats.slab_mapped_bytes
+        );
+        write!(f, "{rest}{system}</heap>\n{rest}")?;
+        writeln!(
+            f,
+            "<total type=\"mmap\" count=\"{}\" size=\"{}\"/>",
+            info.hblks, info.hblkhd
+        )?;
+        writeln!(f, "{system}</malloc>")
     }
 }
 

@@ -600,3 +600,64 @@ for info in (before, now, small):
         "the int fields hold the same figures while they fit"
     );
 }
+
+/// `malloc_info()` writes the allocator's figures in glibc's XML (glibc's own would describe arenas
+/// the preloaded library never uses): the freed blocks its caches hold per class, the large blocks
+/// in use, the slab memory; and returns `EINVAL` for options other than 0, as glibc's does.
+#[test]
+fn malloc_info_writes_the_allocators_figures_as_glibcs_xml() {
+    // 300 blocks of 1000 bytes (class 1024) freed, and one of 4 MiB held, across the call.
+    let script = "
+import ctypes, tempfile, xml.etree.ElementTree as ET
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+freed = [libc.malloc(1000) for _ in range(300)]
+large = libc.malloc(4 << 20)
+for p in freed: libc.free(p)
+with tempfile.NamedTemporaryFile() as out:
+    stream = libc.fopen(out.name.encode(), b'w')
+    print(libc.malloc_info(0, stream), libc.malloc_info(1, stream))
+    libc.fclose(stream)
+    doc = ET.parse(out.name).getroot()
+libc.free(large)
+heap = doc.find('heap')
+sizes = {int(s.get('to')): int(s.get('count')) for s in heap.find('sizes')}
+totals = {t.get('type'): (int(t.get('count')), int(t.get('size'))) for t in doc.findall('total')}
+system = {s.get('type'): int(s.get('size')) for s in doc.findall('system')}
+aspace = {s.get('type'): int(s.get('size')) for s in doc.findall('aspace')}
+print(sizes.get(1024, 0), sum(sizes.values()), *totals['rest'], *totals['mmap'])
+print(system['current'], system['max'], aspace['total'], heap.find('system').get('size'))
+";
+    let (stdout, _) = python3_preloaded(script);
+    let rows: Vec<Vec<u64>> = stdout
+        .lines()
+        .map(|line| line.split(' ').map(|n| n.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows[0], [0, libc::EINVAL as u64], "malloc_info's results");
+    let [
+        class_1024,
+        cached,
+        rest_count,
+        rest_size,
+        mmap_count,
+        mmap_size,
+    ] = rows[1][..]
+    else {
+        panic!("{stdout}")
+    };
+    assert!(class_1024 >= 300, "{stdout}");
+    assert_eq!(cached, rest_count, "{stdout}");
+    assert!(mmap_count >= 1 && mmap_size >= 4 << 20, "{stdout}");
+    let [current, max, mapped, heap_current] = rows[2][..] else {
+        panic!("{stdout}")
+    };
+    assert!(
+        rest_size <= current && current == max && current <= mapped && heap_current == current,
+        "{stdout}"
+    );
+}
