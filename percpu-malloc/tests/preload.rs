@@ -507,10 +507,19 @@ fn statistics_at_exit_when_asked() {
     );
 }
 
-/// Runs a python3 script under the preload, checking it exits 0: its stdout and stderr.
+/// What the scripts below start with: `ctypes` and the C library, its `malloc` and `free` typed.
+const PYTHON_LIBC: &str = "
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+";
+
+/// Runs a python3 script under the preload (after [`PYTHON_LIBC`]), checking it exits 0: its
+/// stdout and stderr.
 fn python3_preloaded(script: &str) -> (String, String) {
     let out = Command::new("python3")
-        .args(["-c", script])
+        .args(["-c", &format!("{PYTHON_LIBC}{script}")])
         .env("LD_PRELOAD", library())
         .output()
         .unwrap();
@@ -526,10 +535,6 @@ fn python3_preloaded(script: &str) -> (String, String) {
 fn malloc_stats_reports_the_blocks_in_use_now() {
     // 300 blocks of 1000 bytes (class 1024) held across the call, then freed.
     let script = "
-import ctypes
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
 held = [libc.malloc(1000) for _ in range(300)]
 libc.malloc_stats()
 for p in held: libc.free(p)
@@ -560,15 +565,11 @@ print('done')
 fn mallinfo_reports_the_blocks_in_use_now() {
     // 300 blocks of 1000 bytes and one of 4 MiB held across the calls, then freed.
     let script = "
-import ctypes
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
         ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
 class IntInfo(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int) for n, _ in Info._fields_]
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
 libc.mallinfo2.restype = Info
 libc.mallinfo.restype = IntInfo
 before = libc.mallinfo2()
@@ -608,10 +609,7 @@ for info in (before, now, small):
 fn malloc_info_writes_the_allocators_figures_as_glibcs_xml() {
     // 300 blocks of 1000 bytes (class 1024) freed, and one of 4 MiB held, across the call.
     let script = "
-import ctypes, tempfile, xml.etree.ElementTree as ET
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
+import tempfile, xml.etree.ElementTree as ET
 libc.fopen.restype = ctypes.c_void_p
 libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
 libc.fclose.argtypes = [ctypes.c_void_p]
