@@ -3,9 +3,9 @@
 //!
 //! Exports `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
 //! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim`,
-//! `malloc_stats`, `malloc_info`, `mallinfo` and `mallinfo2`, with glibc's semantics: `errno = ENOMEM` on
-//! failure, `free(NULL)` does nothing, `realloc(p, 0)` frees `p` and returns NULL, `calloc` and
-//! `reallocarray` check their multiplication. Every other name through which a program can reach
+//! `malloc_stats`, `malloc_info`, `mallinfo` and `mallinfo2`, with glibc's semantics:
+//! `errno = ENOMEM` on failure, `free(NULL)` does nothing, `realloc(p, 0)` frees `p` and returns
+//! NULL, `calloc` and `reallocarray` check their multiplication. Every other name through which a program can reach
 //! glibc's allocator is ours too, so no block crosses between the two heaps: C23's `free_sized`
 //! and `free_aligned_sized`, the obsolete `cfree`, and glibc's `__libc_malloc`, `__libc_free`,
 //! `__libc_calloc`, `__libc_realloc`, `__libc_memalign`, `__libc_valloc` and `__libc_pvalloc`.
